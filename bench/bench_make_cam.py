@@ -1,0 +1,94 @@
+"""make_cam throughput: batched over same-size images vs IRN's one image at a time, same weights and images.
+
+    python -m bench.bench_make_cam [--n_images 64] [--batch 8] [--device auto] [--full]
+
+Default: the toy recipe's network on the toy dataset (CPU-sized). --full: a standard-width ResNet-50 on
+toy images upscaled to VOC's 500x375 (use it on a GPU). Both paths run the same multiscale_cams code;
+IRN style calls it with one image per forward pass. Prints a table with images/s and the ratio; data
+loading (JPEG decode + rescale in 2 workers) is included in both, writing the files is not.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from misc.data import MultiScaleDataset, SizeBucketSampler, collate_same_size
+from misc.imutils import image_size
+from misc.torchutils import pick_device
+from net.resnet50_cam import CAM
+from step.make_cam import multiscale_cams, normalise_keep
+from voc12.dataloader import VOC12
+from voc12.toy import write_toy_voc
+
+
+class _Upscaled(MultiScaleDataset):
+    """Toy images resized to 500x375 (landscape) so --full sees VOC-sized inputs."""
+
+    def __getitem__(self, i: int) -> dict:
+        from misc.imutils import pil_resize, read_image, normalize
+        img = pil_resize(read_image(self.image_path(self.ids[i])), (375, 500), 3)
+        views = []
+        for s in self.scales:
+            from misc.imutils import pil_rescale
+            x = normalize(pil_rescale(img, s, 3)).transpose(2, 0, 1)
+            views.append(torch.from_numpy(np.ascontiguousarray(np.stack([x, x[:, :, ::-1]]))))
+        return {"name": self.ids[i], "size": img.shape[:2], "label": torch.from_numpy(self.labels[self.ids[i]]),
+                "img": views}
+
+
+def _run(model, loader, device) -> float:
+    n, t = 0, time.perf_counter()
+    with torch.no_grad():
+        for b in loader:
+            views = [v.to(device, non_blocking=True) for v in b["img"]]
+            s, h = multiscale_cams(model, views, b["size"])
+            for j in range(len(b["name"])):
+                keys = torch.nonzero(b["label"][j])[:, 0].to(device)
+                normalise_keep(s[j], keys).cpu(), normalise_keep(h[j], keys).cpu()
+            n += len(b["name"])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n_images", type=int, default=64)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--device", type=str, default="auto")
+    p.add_argument("--full", action="store_true")
+    p.add_argument("--toy_root", type=str, default="data/toy_voc")
+    a = p.parse_args()
+    device = pick_device(a.device)
+    ds = VOC12(write_toy_voc(a.toy_root))
+    ids = [f"toy_{i:06d}" for i in range(a.n_images)]
+    labels = {i: np.eye(20, dtype=np.float32)[i_ % 20] for i_, i in enumerate(ids)}
+    if a.full:
+        model = CAM(20, "irn")
+        data = _Upscaled(ds.image_path, ids, labels)
+        sizes = [(375, 500)] * len(ids)
+    else:
+        model = CAM(20, "scratch", width=32, blocks=(1, 1, 1, 1))
+        data = MultiScaleDataset(ds.image_path, ids, labels)
+        sizes = [image_size(ds.image_path(i)) for i in ids]
+    model = model.to(device).eval()
+    torch.manual_seed(0)
+    rows = []
+    for name, bs in (("IRN style (1 image per pass)", 1), (f"batched ({a.batch} same-size images)", a.batch)):
+        loader = DataLoader(data, batch_sampler=SizeBucketSampler(sizes, bs), collate_fn=collate_same_size,
+                            num_workers=2)
+        _run(model, loader, device)  # warm-up (allocator, cuDNN autotune)
+        rows.append((name, _run(model, loader, device)))
+    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
+          f"{torch.get_num_threads()} threads, {a.n_images} images, {'ResNet-50 at 500x375' if a.full else 'toy net'}")
+    print(f"{'path':<36}{'images/s':>10}{'ratio':>8}")
+    for name, ips in rows:
+        print(f"{name:<36}{ips:>10.2f}{ips / rows[0][1]:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Dataset classes shared by every dataset layout (VOC, COCO, toy): they only need an id -> path function."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from misc import imutils
+
+PathFn = Callable[[str], Path]
+
+
+class ImageDataset(Dataset):
+    """Raw images: item = {'name': id, 'img': uint8 (H, W, 3)}."""
+
+    def __init__(self, image_path: PathFn, ids: Sequence[str]):
+        self.image_path = image_path
+        self.ids = list(ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"name": self.ids[i], "img": imutils.read_image(self.image_path(self.ids[i]))}
+
+
+class ClassificationDataset(ImageDataset):
+    """Training images for the classifier.
+
+    Augmentation (IRN order): long side resized to U{resize_long}, ImageNet normalisation, horizontal flip
+    (p 0.5), random ``crop`` x ``crop`` crop with zero fill (zero = mean colour). With ``resize_long=None``
+    and ``flip=False`` the crop is top-left instead (validation). item = {'name', 'img': float32 (3, crop,
+    crop), 'label': float32 (C,) multi-hot}.
+    """
+
+    def __init__(self, image_path: PathFn, ids: Sequence[str], labels: dict[str, np.ndarray], crop: int,
+                 resize_long: tuple[int, int] | None = (320, 640), flip: bool = True):
+        super().__init__(image_path, ids)
+        self.labels, self.crop, self.resize_long, self.flip = labels, crop, resize_long, flip
+
+    def __getitem__(self, i: int) -> dict:
+        img = imutils.read_image(self.image_path(self.ids[i]))
+        if self.resize_long is not None:
+            img = imutils.random_resize_long(img, *self.resize_long)
+        x = imutils.normalize(img)
+        if self.flip and np.random.rand() < 0.5:
+            x = x[:, ::-1]
+        if self.resize_long is None and not self.flip:
+            x = imutils.top_left_crop(x, self.crop, 0.0)
+        else:
+            x = imutils.random_crop([x], self.crop, [0.0])[0]
+        return {"name": self.ids[i], "img": torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))),
+                "label": torch.from_numpy(self.labels[self.ids[i]])}
+
+
+class MultiScaleDataset(ImageDataset):
+    """Inference input: every scale of an image with its horizontal flip.
+
+    item = {'name', 'size': (H, W), 'label': float32 (C,), 'img': list over ``scales`` of float32
+    (2, 3, round(H*s), round(W*s)) holding [image, flipped image]}. Scales are made with PIL bicubic.
+    """
+
+    def __init__(self, image_path: PathFn, ids: Sequence[str], labels: dict[str, np.ndarray],
+                 scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0)):
+        super().__init__(image_path, ids)
+        self.labels, self.scales = labels, tuple(scales)
+
+    def __getitem__(self, i: int) -> dict:
+        img = imutils.read_image(self.image_path(self.ids[i]))
+        views = []
+        for s in self.scales:
+            x = imutils.normalize(imutils.pil_rescale(img, s, 3) if s != 1.0 else img).transpose(2, 0, 1)
+            views.append(torch.from_numpy(np.ascontiguousarray(np.stack([x, x[:, :, ::-1]]))))
+        return {"name": self.ids[i], "size": img.shape[:2], "label": torch.from_numpy(self.labels[self.ids[i]]),
+                "img": views}
+
+
+def collate_same_size(items: list[dict]) -> dict:
+    """Collate MultiScaleDataset items of one image size: 'img' becomes a list over scales of
+    (B, 2, 3, h_s, w_s); 'label' (B, C); 'name' a list; 'size' the shared (H, W)."""
+    return {"name": [it["name"] for it in items], "size": tuple(items[0]["size"]),
+            "label": torch.stack([it["label"] for it in items]),
+            "img": [torch.stack(v) for v in zip(*(it["img"] for it in items))]}
+
+
+class SizeBucketSampler(Sampler):
+    """Batches of dataset indices whose images share one (H, W), at most ``batch_size`` each, in a fixed order.
+
+    ``sizes[i]`` is the (H, W) of item i. Every index appears in exactly one batch.
+    """
+
+    def __init__(self, sizes: Sequence[tuple[int, int]], batch_size: int):
+        buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, s in enumerate(sizes):
+            buckets[tuple(s)].append(i)
+        self.batches = [idx[j:j + batch_size] for idx in buckets.values() for j in range(0, len(idx), batch_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)

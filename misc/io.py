@@ -1,0 +1,126 @@
+"""Atomic writers, id lists, labels and the seed (CAM) artifact format."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image
+
+from misc.errors import UserError
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed onto ``path`` (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp" + path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (indented, keys in insertion order)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1) + "\n")
+
+
+def save_png(path: str | Path, label: np.ndarray, palette: np.ndarray | None = None) -> None:
+    """Write a uint8 (H, W) index map as PNG atomically; with ``palette`` ((n,3) uint8) as a palette PNG."""
+    im = Image.fromarray(np.asarray(label, np.uint8), mode="L")
+    if palette is not None:
+        im = im.convert("P")
+        im.putpalette(np.asarray(palette, np.uint8).reshape(-1).tolist())
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
+
+
+def read_id_list(path: str | Path) -> list[str]:
+    """Read an id list: one string id per line; blank lines and anything after the first space are dropped."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: id list not found; run voc12.make_cls_labels (or pass an existing list file)")
+    ids = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
+    if not ids:
+        raise UserError(f"{path}: id list is empty; regenerate it with make_cls_labels")
+    return ids
+
+
+def write_id_list(path: str | Path, ids: list[str]) -> None:
+    """Write an id list atomically, one id per line."""
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(i + "\n" for i in ids))
+
+
+def load_cls_labels(path: str | Path, num_classes: int) -> dict[str, np.ndarray]:
+    """Read image-level labels written by make_cls_labels: JSON {id: [0-based class, ...]}.
+
+    Returns {id: float32 (num_classes,) multi-hot}. A class index outside [0, num_classes) is an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: image-level labels not found; run `python -m voc12.make_cls_labels` first")
+    out = {}
+    for k, classes in json.loads(path.read_text()).items():
+        v = np.zeros(num_classes, np.float32)
+        for c in classes:
+            if not 0 <= c < num_classes:
+                raise UserError(f"{path}: id {k} has class {c} outside [0, {num_classes}); regenerate the labels")
+            v[c] = 1
+        out[k] = v
+    return out
+
+
+def save_cam(path: str | Path, keys: np.ndarray, cam: np.ndarray, high_res: np.ndarray) -> None:
+    """Write one seed artifact atomically as .npz.
+
+    keys: int64 (K,) 0-based class indices present; cam: float32 (K, h, w) at stride 4 with
+    h = (H-1)//4+1; high_res: float32 (K, H, W). Each class map is max-normalised (peak just under 1).
+    """
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, keys=np.asarray(keys, np.int64), cam=np.asarray(cam, np.float32),
+                     high_res=np.asarray(high_res, np.float32))
+
+
+def load_cam(cam_dir: str | Path, img_id: str) -> dict[str, np.ndarray]:
+    """Read the seed of ``img_id`` from ``<cam_dir>/<id>.npz``, or an IRN/RIB legacy ``<id>.npy`` dict.
+
+    Returns {'keys': int64 (K,), 'cam': float32 (K,h,w) or absent, 'high_res': float32 (K,H,W) or absent}.
+    """
+    cam_dir = Path(cam_dir)
+    npz, npy = cam_dir / f"{img_id}.npz", cam_dir / f"{img_id}.npy"
+    if npz.is_file():
+        try:
+            with np.load(npz) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            raise UserError(f"{npz}: unreadable seed file ({e}); delete it and rerun the seed step") from None
+    if npy.is_file():
+        return _load_legacy_cam(npy)
+    raise UserError(f"{npz}: seed not found; run the seed step (make_cam) for this id or check --cam_out_dir")
+
+
+def _load_legacy_cam(path: Path) -> dict[str, np.ndarray]:
+    """IRN/RIB wrote a pickled dict whose 'keys' and 'cam' may be torch tensors (needs torch to unpickle)."""
+    try:
+        d = np.load(path, allow_pickle=True).item()
+    except Exception as e:  # a pickle can fail in many ways
+        raise UserError(f"{path}: unreadable legacy seed file ({e}); regenerate it with make_cam") from None
+    out = {}
+    for k in ("keys", "cam", "high_res"):
+        if k in d:
+            v = d[k]
+            v = v.cpu().numpy() if hasattr(v, "cpu") else np.asarray(v)
+            out[k] = v.astype(np.int64 if k == "keys" else np.float32)
+    return out

@@ -1,0 +1,64 @@
+"""The multi-label classifier and its CAM wrapper, key-compatible with IRN/RIB ``res50_cam`` checkpoints.
+
+The module tree mirrors IRN's ``resnet50_cam.Net`` (``resnet50``, ``stage1..4``, ``classifier``,
+``backbone``, ``newly_added``) so a released classifier loads with strict key checking.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from net.resnet50 import ResNet50
+
+
+class Net(nn.Module):
+    """ResNet-50 (output stride 16) + global average pooling + a bias-free 1x1 classifier.
+
+    ``recipe='irn'``: frozen BN statistics, conv1/bn1 frozen and stages 1-2 detached (IRN).
+    ``recipe='scratch'``: ordinary BatchNorm and every stage trained (random initialisation).
+    """
+
+    def __init__(self, num_classes: int = 20, recipe: str = "irn", width: int = 64,
+                 blocks: tuple[int, int, int, int] = (3, 4, 6, 3)):
+        super().__init__()
+        if recipe not in ("irn", "scratch"):
+            raise ValueError(f"unknown recipe {recipe!r}")
+        self.recipe = recipe
+        self.resnet50 = ResNet50(strides=(2, 2, 2, 1), width=width, frozen_bn=recipe == "irn", blocks=blocks)
+        r = self.resnet50
+        self.stage1 = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1)
+        self.stage2 = nn.Sequential(r.layer2)
+        self.stage3 = nn.Sequential(r.layer3)
+        self.stage4 = nn.Sequential(r.layer4)
+        self.classifier = nn.Conv2d(r.out_channels, num_classes, 1, bias=False)
+        self.backbone = nn.ModuleList([self.stage1, self.stage2, self.stage3, self.stage4])
+        self.newly_added = nn.ModuleList([self.classifier])
+        if recipe == "irn":
+            for p in list(r.conv1.parameters()) + list(r.bn1.parameters()):
+                p.requires_grad_(False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> stride-16 features (B, C, ~H/16, ~W/16); stages 1-2 get no gradient under 'irn'."""
+        x = self.stage2(self.stage1(x))
+        if self.recipe == "irn":
+            x = x.detach()
+        return self.stage4(self.stage3(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> class logits (B, num_classes)."""
+        x = self.features(x).mean((2, 3), keepdim=True)
+        return self.classifier(x).flatten(1)
+
+    def trainable_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(backbone parameters that train, classifier parameters): the two lr groups (1x and 10x)."""
+        bb = [p for p in self.backbone.parameters() if p.requires_grad]
+        return bb, list(self.newly_added.parameters())
+
+
+class CAM(Net):
+    """Inference wrapper: class activation maps instead of logits."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> ReLU'd class activation maps (B, num_classes, ~H/16, ~W/16), no pooling."""
+        return F.relu(F.conv2d(self.features(x), self.classifier.weight))

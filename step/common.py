@@ -1,0 +1,139 @@
+"""What every step needs: the dataset of a run, id lists, labels, artifact paths, checkpoints, the CLI."""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from misc.errors import UserError
+from misc.io import load_cls_labels, read_id_list, save_json
+from voc12.dataloader import VOC12
+from voc12.make_cls_labels import make_cls_labels
+from voc12.toy import write_toy_voc
+
+
+def out_path(args: argparse.Namespace, name: str) -> Path:
+    """An artifact path: ``name`` itself when absolute, else inside ``args.work_dir``."""
+    p = Path(name)
+    return p if p.is_absolute() else Path(args.work_dir) / p
+
+
+def meta_dir(args: argparse.Namespace) -> Path:
+    """Folder of the run's image-level labels and id lists (written by make_cls_labels)."""
+    return Path(args.work_dir) / "meta"
+
+
+def get_dataset(args: argparse.Namespace) -> VOC12:
+    """The dataset of this run; generates the toy folder and derives labels and lists when missing."""
+    root = write_toy_voc(args.toy_root, args.toy_seed, args.toy_n_train_aug, args.toy_n_train,
+                         args.toy_n_val, args.toy_size) if args.toy else args.voc12_root
+    ds = VOC12(root)
+    labels = meta_dir(args) / "cls_labels.json"
+    stamp = meta_dir(args) / "source.txt"
+    if not labels.is_file() or not stamp.is_file() or stamp.read_text().strip() != str(Path(root).resolve()):
+        make_cls_labels(ds, meta_dir(args))
+        stamp.write_text(str(Path(root).resolve()) + "\n")
+    return ds
+
+
+def load_list(args: argparse.Namespace, name: str) -> list[str]:
+    """Ids of a list flag: a split name (file ``<meta>/<name>.txt``) or a path to a .txt file."""
+    p = Path(name) if ("/" in name or name.endswith(".txt")) else meta_dir(args) / f"{name}.txt"
+    return read_id_list(p)
+
+
+def load_labels(args: argparse.Namespace, ds: VOC12, ids: list[str]) -> dict[str, np.ndarray]:
+    """Image-level labels {id: float32 (C,)} of the run, checked to cover ``ids``."""
+    path = meta_dir(args) / "cls_labels.json"
+    labels = load_cls_labels(path, ds.num_classes)
+    missing = [i for i in ids if i not in labels]
+    if missing:
+        raise UserError(f"{path}: no image-level label for id {missing[0]} ({len(missing)} ids); "
+                        "the id list and the dataset do not match")
+    return labels
+
+
+def load_checkpoint(model: torch.nn.Module, path: Path) -> None:
+    """Load a state_dict file into ``model`` with strict key checking; mismatches are one clear line."""
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found; run the training step first or fix the weights flag")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a bad file
+        raise UserError(f"{path}: not a loadable state_dict ({e})") from None
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shape = [k for k in own if k in sd and own[k].shape != sd[k].shape]
+    if missing or unexpected or shape:
+        raise UserError(f"{path}: checkpoint does not fit the model (missing {missing[:2]}, unexpected "
+                        f"{unexpected[:2]}, shape mismatch {shape[:2]}); check --backbone_width, the class "
+                        "count and the network flags")
+    model.load_state_dict(sd)
+
+
+def git_revision() -> str:
+    """The checkout's commit hash (with '+dirty' for uncommitted changes), or 'unknown'."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if rev.returncode != 0:
+        return "unknown"
+    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def record_config(args: argparse.Namespace, name: str) -> None:
+    """Write the resolved flags, the git revision and the command line to ``<work_dir>/config.<name>.json``."""
+    cfg = {k: v for k, v in vars(args).items()}
+    save_json(Path(args.work_dir) / f"config.{name}.json",
+              {"git_revision": git_revision(), "argv": sys.argv, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "args": cfg})
+
+
+def step_main(name: str, run: Callable[[argparse.Namespace], object]) -> None:
+    """``python -m step.<name>``: parse run_sample's flags, record them, run the step; UserError -> one line."""
+    from misc.cli import guarded
+
+    def go() -> None:
+        import run_sample  # the flags and their defaults live in run_sample.py, at the top of the tree
+
+        args = run_sample.parse_args(sys.argv[1:])
+        record_config(args, name)
+        run(args)
+
+    guarded(go)
+
+
+def accumulate(data: "torch.utils.data.Dataset", desc: str, num_workers: int) -> np.ndarray:
+    """Sum the arrays a Dataset returns per item, computed in ``num_workers`` loader processes (streaming:
+    one item in memory per worker). Returns the sum."""
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    total = None
+    loader = DataLoader(data, batch_size=None, num_workers=num_workers)
+    for h in tqdm(loader, desc=desc, total=len(data)):
+        h = np.asarray(h)
+        total = h.copy() if total is None else total + h
+    return total
+
+
+def report(names: tuple[str, ...], columns: dict[str, np.ndarray]) -> None:
+    """Print a per-class IoU table (percent) with one column per entry of ``columns`` and a mIoU row."""
+    w = max(len(n) for n in names) + 2
+    print("".join([f"{'class':<{w}}"] + [f"{c:>16}" for c in columns]))
+    for i, n in enumerate(names):
+        print("".join([f"{n:<{w}}"] + [f"{100 * v[i]:>16.2f}" if np.isfinite(v[i]) else f"{'-':>16}"
+                                         for v in columns.values()]))
+    print("".join([f"{'mIoU':<{w}}"] + [f"{100 * np.nanmean(v):>16.2f}" for v in columns.values()]))

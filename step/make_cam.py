@@ -1,0 +1,91 @@
+"""Multi-scale + flip CAMs (the seeds), batched over images of equal size.
+
+    python -m step.make_cam [flags of run_sample.py]
+
+For every id of --train_list writes ``<cam_out_dir>/<id>.npz`` (see misc.io.save_cam): the GT classes'
+CAMs summed over --cam_scales and flips, at stride 4 (``cam``) and full size (``high_res``), each class
+divided by its max + 1e-5. Ids whose file exists are skipped unless --overwrite.
+"""
+from __future__ import annotations
+
+import argparse
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from misc.data import MultiScaleDataset, SizeBucketSampler, collate_same_size
+from misc.imutils import image_size, strided_size, strided_up_size
+from misc.io import save_cam
+from misc.torchutils import pick_device, seed_everything
+from step.common import get_dataset, load_checkpoint, load_labels, load_list, out_path, step_main
+from step.train_cam import build_classifier
+
+
+def multiscale_cams(model: torch.nn.Module, views: Sequence[torch.Tensor], size: tuple[int, int]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of the flip-merged CAMs of every scale for a batch of same-size images.
+
+    views: list over scales of (B, 2, 3, h_s, w_s) [image, flipped]; size: the images' (H, W).
+    Returns (strided (B, C, (H-1)//4+1, (W-1)//4+1), high_res (B, C, H, W)), unnormalised, all classes.
+    """
+    h4, w4 = strided_size(size, 4)
+    up = strided_up_size(size, 16)
+    strided, high = 0.0, 0.0
+    for v in views:
+        b = v.shape[0]
+        x = model(v.flatten(0, 1))
+        x = x.unflatten(0, (b, 2))
+        x = x[:, 0] + x[:, 1].flip(-1)
+        strided = strided + F.interpolate(x, (h4, w4), mode="bilinear", align_corners=False)
+        high = high + F.interpolate(x, up, mode="bilinear", align_corners=False)[:, :, :size[0], :size[1]]
+    return strided, high
+
+
+def normalise_keep(cam: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Keep the channels ``keys`` of a (C, h, w) map and divide each by its spatial max + 1e-5. (K, h, w)."""
+    x = cam[keys]
+    return x / (x.flatten(1).amax(1)[:, None, None] + 1e-5)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Write the seed of every id of --train_list that has none yet."""
+    seed_everything(args.seed, args.deterministic)
+    device = pick_device(args.device)
+    ds = get_dataset(args)
+    ids = load_list(args, args.train_list)
+    labels = load_labels(args, ds, ids)
+    out_dir = out_path(args, args.cam_out_dir)
+    todo = ids if args.overwrite else [i for i in ids if not (out_dir / f"{i}.npz").is_file()]
+    if not todo:
+        print(f"make_cam: all {len(ids)} seeds exist in {out_dir}")
+        return
+    model = build_classifier(args, ds.num_classes, cam=True)
+    load_checkpoint(model, out_path(args, args.cam_weights_name))
+    model = model.to(device).eval()
+    data = MultiScaleDataset(ds.image_path, todo, labels, args.cam_scales)
+    sampler = SizeBucketSampler([image_size(ds.image_path(i)) for i in todo], args.cam_batch_images)
+    loader = DataLoader(data, batch_sampler=sampler, collate_fn=collate_same_size, num_workers=args.num_workers,
+                        pin_memory=device.type == "cuda")
+    with torch.no_grad(), ThreadPoolExecutor(2) as writer, tqdm(total=len(todo), desc="make_cam") as bar:
+        pending = []
+        for b in loader:
+            views = [v.to(device, non_blocking=True) for v in b["img"]]
+            strided, high = multiscale_cams(model, views, b["size"])
+            for j, name in enumerate(b["name"]):
+                keys = torch.nonzero(b["label"][j])[:, 0].to(device)
+                cam = normalise_keep(strided[j], keys).cpu().numpy()
+                hr = normalise_keep(high[j], keys).cpu().numpy()
+                pending.append(writer.submit(save_cam, out_dir / f"{name}.npz", keys.cpu().numpy(), cam, hr))
+            bar.update(len(b["name"]))
+        for f in pending:
+            f.result()
+    print(f"make_cam: {len(todo)} seeds -> {out_dir}")
+
+
+if __name__ == "__main__":
+    step_main("make_cam", run)

@@ -1,0 +1,96 @@
+"""Train the multi-label classifier (IRN recipe: soft-margin loss, poly SGD, classifier at 10x lr).
+
+    python -m step.train_cam [flags of run_sample.py]
+
+Writes the state_dict to --cam_weights_name (default <work_dir>/sess/res50_cam.pth).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from misc.data import ClassificationDataset
+from misc.errors import UserError
+from misc.io import atomic_path
+from misc.torchutils import loader_generator, pick_device, poly_optimizer, seed_everything, worker_init_fn
+from net.resnet50 import load_imagenet_weights
+from step.common import get_dataset, load_labels, load_list, out_path, step_main
+
+
+def build_classifier(args: argparse.Namespace, num_classes: int, cam: bool = False) -> torch.nn.Module:
+    """The --cam_network module's ``Net`` (or ``CAM`` for inference) for this run's recipe and width."""
+    mod = importlib.import_module(args.cam_network)
+    cls = mod.CAM if cam else mod.Net
+    return cls(num_classes=num_classes, recipe=args.recipe, width=args.backbone_width,
+               blocks=tuple(args.backbone_blocks))
+
+
+def _val_loss(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> float:
+    model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for b in loader:
+            logits = model(b["img"].to(device))
+            total += F.multilabel_soft_margin_loss(logits, b["label"].to(device), reduction="sum").item()
+            n += len(b["name"])
+    model.train()
+    return total / max(n, 1)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Train, print the validation loss after every epoch, save the weights atomically."""
+    seed_everything(args.seed, args.deterministic)
+    device = pick_device(args.device)
+    ds = get_dataset(args)
+    ids, val_ids = load_list(args, args.train_list), load_list(args, args.val_list)
+    labels = load_labels(args, ds, ids + val_ids)
+    if len(ids) < args.cam_batch_size:
+        raise UserError(f"--train_list {args.train_list}: {len(ids)} ids, fewer than --cam_batch_size {args.cam_batch_size}")
+    train = ClassificationDataset(ds.image_path, ids, labels, crop=args.cam_crop_size,
+                                  resize_long=tuple(args.cam_resize_long))
+    val = ClassificationDataset(ds.image_path, val_ids, labels, crop=args.cam_crop_size, resize_long=None, flip=False)
+    kw = dict(num_workers=args.num_workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn,
+              persistent_workers=args.num_workers > 0)
+    train_loader = DataLoader(train, args.cam_batch_size, shuffle=True, drop_last=True,
+                              generator=loader_generator(args.seed), **kw)
+    val_loader = DataLoader(val, args.cam_batch_size, shuffle=False, **kw)
+
+    model = build_classifier(args, ds.num_classes)
+    if args.pretrained_weights:
+        load_imagenet_weights(model.resnet50, args.pretrained_weights)
+    elif args.recipe == "irn":
+        raise UserError("--recipe irn starts from ImageNet weights: pass --pretrained_weights "
+                        "<torchvision resnet50 IMAGENET1K_V1 .pth> (or --recipe scratch to train from random init)")
+    model = model.to(device).train()
+    max_step = len(ids) // args.cam_batch_size * args.cam_num_epoches
+    bb, head = model.trainable_parameters()
+    opt, sched = poly_optimizer(
+        args.cam_optimizer,
+        [{"params": bb, "lr": args.cam_learning_rate, "weight_decay": args.cam_weight_decay},
+         {"params": head, "lr": 10 * args.cam_learning_rate, "weight_decay": args.cam_weight_decay}],
+        max_step, momentum=args.cam_momentum)
+    for ep in range(args.cam_num_epoches):
+        bar = tqdm(train_loader, desc=f"train_cam epoch {ep + 1}/{args.cam_num_epoches}", leave=False)
+        for b in bar:
+            logits = model(b["img"].to(device, non_blocking=True))
+            loss = F.multilabel_soft_margin_loss(logits, b["label"].to(device, non_blocking=True))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{opt.param_groups[0]['lr']:.4f}")
+        print(f"train_cam epoch {ep + 1}: last loss {loss.item():.4f}, val loss {_val_loss(model, val_loader, device):.4f}",
+              flush=True)
+    path = out_path(args, args.cam_weights_name)
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
+    print(f"classifier -> {path}")
+
+
+if __name__ == "__main__":
+    step_main("train_cam", run)

@@ -18,7 +18,7 @@ from typing import Sequence
 from misc.cli import guarded
 from misc.errors import UserError
 
-STEPS = ("train_cam", "make_cam", "eval_cam", "draw")
+STEPS = ("train_cam", "make_cam", "eval_cam", "cam_to_ir_label", "draw")
 
 # What the toy dataset changes (flags not given on the command line). IRN's recipe cannot learn from
 # random weights (frozen BN statistics, frozen early stages), so the toy trains from scratch a ResNet-50
@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cam_eval_sweep", type=float, nargs=3, default=(0.05, 0.60, 0.01), metavar=("LO", "HI", "STEP"),
                    help="background thresholds swept by eval_cam, inclusive range")
     g.add_argument("--eval_out_dir", type=str, default="eval", help="per-step evaluation JSON files")
+    g = p.add_argument_group("IR labels (cam_to_ir_label)")
+    g.add_argument("--conf_fg_thres", type=float, default=0.30, help="seed score above which a pixel is confident foreground")
+    g.add_argument("--conf_bg_thres", type=float, default=0.05, help="seed score below which a pixel is confident background")
+    g.add_argument("--crf_iters", type=int, default=10, help="dense CRF mean-field iterations")
+    g.add_argument("--crf_gt_prob", type=float, default=0.7, help="dense CRF unary confidence in the input label")
+    g.add_argument("--crf_num_workers", type=int, default=os.cpu_count() or 1, help="CRF process pool size")
+    g.add_argument("--ir_label_out_dir", type=str, default="ir_label")
     g = p.add_argument_group("pictures (draw)")
     g.add_argument("--draw_num", type=int, default=8, help="images drawn (the first N of --eval_list)")
     g.add_argument("--draw_out_dir", type=str, default="draw")

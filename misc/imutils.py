@@ -22,7 +22,7 @@ def read_image(path: str | Path) -> np.ndarray:
         raise UserError(f"{path}: image not found; check the dataset root and the id list")
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))
     except (UnidentifiedImageError, OSError) as e:
         raise UserError(f"{path}: unreadable image ({e}); re-extract or remove this id from the list") from None
 
@@ -36,7 +36,7 @@ def read_label_png(path: str | Path) -> np.ndarray:
         with Image.open(path) as im:
             if im.mode not in ("P", "L"):
                 raise UserError(f"{path}: label PNG has mode {im.mode}, expected a palette (P) or grey (L) index image")
-            return np.asarray(im)
+            return np.array(im)
     except (UnidentifiedImageError, OSError) as e:
         raise UserError(f"{path}: unreadable label PNG ({e}); regenerate it") from None
 

@@ -37,7 +37,7 @@ def save_json(path: str | Path, obj: Any) -> None:
 
 def save_png(path: str | Path, label: np.ndarray, palette: np.ndarray | None = None) -> None:
     """Write a uint8 (H, W) index map as PNG atomically; with ``palette`` ((n,3) uint8) as a palette PNG."""
-    im = Image.fromarray(np.asarray(label, np.uint8), mode="L")
+    im = Image.fromarray(np.ascontiguousarray(label, np.uint8))
     if palette is not None:
         im = im.convert("P")
         im.putpalette(np.asarray(palette, np.uint8).reshape(-1).tolist())

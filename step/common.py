@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from misc.errors import UserError
-from misc.io import load_cls_labels, read_id_list, save_json
+from misc.io import atomic_path, load_cls_labels, read_id_list, save_json
 from voc12.dataloader import VOC12
 from voc12.make_cls_labels import make_cls_labels
 from voc12.toy import write_toy_voc
@@ -39,7 +39,8 @@ def get_dataset(args: argparse.Namespace) -> VOC12:
     stamp = meta_dir(args) / "source.txt"
     if not labels.is_file() or not stamp.is_file() or stamp.read_text().strip() != str(Path(root).resolve()):
         make_cls_labels(ds, meta_dir(args))
-        stamp.write_text(str(Path(root).resolve()) + "\n")
+        with atomic_path(stamp) as tmp:
+            tmp.write_text(str(Path(root).resolve()) + "\n")
     return ds
 
 

@@ -1,4 +1,5 @@
 """Flags are typed, toy defaults resolve, and user errors end in one line naming the file."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,8 @@ def test_toy_recipe_applies_only_to_flags_not_given():
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "TQDM_DISABLE": "1"}  # progress bars also go to stderr
+    return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_missing_root_is_one_line(tmp_path):

@@ -56,3 +56,16 @@ def test_make_cam_resumes(toy_run, capsys):
     assert "1 seeds" in capsys.readouterr().out
     after = {p: p.stat().st_mtime_ns for p in (toy_run / "cam").glob("*.npz")}
     assert victim in after and all(after[p] == t for p, t in before.items() if p != victim)
+
+
+def test_toy_ir_labels(toy_run):
+    from misc.imutils import read_label_png
+
+    labels = load_cls_labels(toy_run / "meta" / "cls_labels.json", 20)
+    ids = read_id_list(toy_run / "meta" / "train_aug.txt")
+    for i in ids[:50]:
+        lab = read_label_png(toy_run / "ir_label" / f"{i}.png")
+        assert set(np.unique(lab)) <= {0, 255} | set(np.flatnonzero(labels[i]) + 1)
+    q = json.loads((toy_run / "eval" / "eval_ir_label.json").read_text())
+    # measured: fg precision 0.815, bg precision 0.987 (README results table)
+    assert q["fg_precision"] > 0.7 and q["bg_precision"] > 0.95 and 0.02 < q["unsure"] < 0.5

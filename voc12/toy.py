@@ -3,7 +3,7 @@
     python -m voc12.toy --out data/toy_voc [--seed 0 --n_train_aug 400 --n_train 100 --n_val 100 --size 128]
 
 Writes JPEGImages/, SegmentationClass/ and SegmentationClassAug/ (palette PNGs, 255 border band),
-Annotations/ (VOC XML, one <object> per drawn object) and ImageSets/Segmentation/{train,val}.txt.
+Annotations/ (VOC XML, one <object> per class present) and ImageSets/Segmentation/{train,val}.txt.
 train is the first n_train ids of train_aug (as VOC train is inside train_aug); val is disjoint.
 Deterministic from the seed; an existing folder with the same parameters is reused.
 """

@@ -1,0 +1,111 @@
+"""Confident-region mining: seeds -> IR labels {0 background, 1..C class, 255 unsure} via two dense CRF passes.
+
+    python -m step.cam_to_ir_label [flags of run_sample.py]
+
+For every id of --train_list: the foreground pass labels each pixel with the class of its highest seed
+when above --conf_fg_thres (IRN 0.30), else background, and refines that with a dense CRF; the
+background pass does the same at --conf_bg_thres (IRN 0.05). A pixel is foreground (its class) where the
+foreground pass says a class, background where both passes say background, and 255 elsewhere. Writes
+``<work_dir>/<ir_label_out_dir>/<id>.png`` (uint8); ids already done are skipped unless --overwrite. The
+CRF is CPU-bound and runs in a process pool of --crf_num_workers.
+"""
+from __future__ import annotations
+
+import argparse
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from misc.crf import crf_inference_label
+from misc.errors import UserError
+from misc.imutils import read_image, read_label_png
+from misc.io import load_cam, save_json, save_png
+from misc.metrics import confusion_matrix
+from step.common import get_dataset, load_list, out_path, step_main
+
+
+def confident_labels(img: np.ndarray, high_res: np.ndarray, keys: np.ndarray, fg_thres: float, bg_thres: float,
+                     **crf: float) -> np.ndarray:
+    """IR label of one image. img uint8 (H, W, 3); high_res (K, H, W) max-normalised seeds; keys (K,)
+    0-based classes; ``crf`` overrides crf_inference_label's settings. Returns uint8 (H, W) with values in
+    {0, keys+1, 255}."""
+    lut = np.concatenate([[0], np.asarray(keys, np.int64) + 1]).astype(np.uint8)
+
+    def one_pass(thres: float) -> np.ndarray:
+        idx = np.concatenate([np.full((1,) + high_res.shape[1:], thres, np.float32), high_res]).argmax(0)
+        return lut[crf_inference_label(img, idx, len(lut), **crf)]
+
+    fg, bg = one_pass(fg_thres), one_pass(bg_thres)
+    out = fg.copy()
+    out[fg == 0] = 255
+    out[(fg == 0) & (bg == 0)] = 0
+    return out
+
+
+def _work(img_id: str, image_path: Path, cam_dir: Path, out_dir: Path, fg: float, bg: float, iters: int,
+          gt_prob: float) -> str:
+    img = read_image(image_path)
+    cam = load_cam(cam_dir, img_id)
+    if cam.get("high_res") is None or cam["high_res"].shape[1:] != img.shape[:2]:
+        raise UserError(f"{cam_dir / img_id}.npz: high_res missing or not the size of {image_path}; rerun make_cam")
+    save_png(out_dir / f"{img_id}.png",
+             confident_labels(img, cam["high_res"], cam["keys"], fg, bg, iters=iters, gt_prob=gt_prob))
+    return img_id
+
+
+def ir_label_quality(ds, ids: list[str], label_dir: Path) -> dict[str, float]:
+    """Precision and recall of the confident regions of the IR labels of ``ids`` against the GT masks.
+
+    Returns {'fg_precision', 'fg_recall', 'bg_precision', 'bg_recall', 'unsure'}: foreground precision is
+    the share of pixels labelled with a class whose GT is that class; recall the share of GT foreground
+    (background) pixels labelled correctly; 'unsure' the share of pixels labelled 255. GT 255 is ignored.
+    """
+    n = ds.num_classes + 2  # 0..C and 'unsure' as C+1
+    conf = 0
+    for img_id in ids:
+        p = ds.gt_path(img_id)
+        gt = ds.check_mask(read_label_png(p), p)
+        lab = read_label_png(label_dir / f"{img_id}.png").astype(np.int64)
+        lab[lab == 255] = n - 1
+        conf = conf + confusion_matrix(gt, lab, n)
+    tp = np.diag(conf)[:n - 1]
+    return {"fg_precision": float(tp[1:].sum() / max(conf[:, 1:n - 1].sum(), 1)),
+            "fg_recall": float(tp[1:].sum() / max(conf[1:n - 1].sum(), 1)),
+            "bg_precision": float(tp[0] / max(conf[:, 0].sum(), 1)),
+            "bg_recall": float(tp[0] / max(conf[0].sum(), 1)),
+            "unsure": float(conf[:, n - 1].sum() / max(conf.sum(), 1))}
+
+
+def run(args: argparse.Namespace) -> None:
+    """Write the IR label of every id of --train_list that has none yet; score those of --eval_list."""
+    ds = get_dataset(args)
+    ids = load_list(args, args.train_list)
+    out_dir = out_path(args, args.ir_label_out_dir)
+    todo = ids if args.overwrite else [i for i in ids if not (out_dir / f"{i}.png").is_file()]
+    work = partial(_work, cam_dir=out_path(args, args.cam_out_dir), out_dir=out_dir, fg=args.conf_fg_thres,
+                   bg=args.conf_bg_thres, iters=args.crf_iters, gt_prob=args.crf_gt_prob)
+    paths = [ds.image_path(i) for i in todo]
+    bar = tqdm(total=len(todo), desc="cam_to_ir_label")
+    if args.crf_num_workers <= 1 or len(todo) <= 1:
+        for i, p in zip(todo, paths):
+            work(i, p)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(args.crf_num_workers) as pool:
+            for _ in pool.map(work, todo, paths, chunksize=4):
+                bar.update()
+    bar.close()
+    print(f"cam_to_ir_label: {len(todo)} new IR labels ({len(ids) - len(todo)} existed) -> {out_dir}")
+    scored = [i for i in load_list(args, args.eval_list) if (out_dir / f"{i}.png").is_file()]
+    if scored:
+        q = ir_label_quality(ds, scored, out_dir)
+        save_json(out_path(args, args.eval_out_dir) / "eval_ir_label.json", {"num_images": len(scored), **q})
+        print("cam_to_ir_label on {} images of --eval_list: fg precision {:.1f}, fg recall {:.1f}, bg precision "
+              "{:.1f}, bg recall {:.1f}, unsure {:.1f} (%)".format(len(scored), *(100 * v for v in q.values())))
+
+
+if __name__ == "__main__":
+    step_main("cam_to_ir_label", run)

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from misc import imutils
+from misc.errors import UserError
 
 PathFn = Callable[[str], Path]
 
@@ -104,3 +105,32 @@ class SizeBucketSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+class SegmentationDataset(ImageDataset):
+    """Image + label map pairs with joint augmentation (IRN's VOC12SegmentationDataset).
+
+    One random rescale by U(rescale) (image bicubic, label nearest), ImageNet normalisation, one shared
+    horizontal flip (p 0.5), one shared random ``crop`` x ``crop`` crop (image filled with 0, label with
+    255). item = {'name', 'img': float32 (3, crop, crop), 'label': uint8 (crop, crop)}.
+    """
+
+    def __init__(self, image_path: PathFn, label_path: PathFn, ids: Sequence[str], crop: int,
+                 rescale: tuple[float, float] = (0.5, 1.5), flip: bool = True):
+        super().__init__(image_path, ids)
+        self.label_path, self.crop, self.rescale, self.flip = label_path, crop, rescale, flip
+
+    def __getitem__(self, i: int) -> dict:
+        img_id = self.ids[i]
+        img = imutils.read_image(self.image_path(img_id))
+        label = imutils.read_label_png(self.label_path(img_id))
+        if label.shape != img.shape[:2]:
+            raise UserError(f"{self.label_path(img_id)}: size {label.shape} differs from its image "
+                                    f"{img.shape[:2]}; regenerate it")
+        img, label = imutils.random_scale_pair(img, label, *self.rescale)
+        x = imutils.normalize(img)
+        if self.flip and np.random.rand() < 0.5:
+            x, label = x[:, ::-1], label[:, ::-1]
+        x, label = imutils.random_crop([x, label], self.crop, [0.0, 255])
+        return {"name": img_id, "img": torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))),
+                "label": torch.from_numpy(np.ascontiguousarray(label))}

@@ -70,3 +70,31 @@ def test_toy_is_deterministic(mini_voc, tmp_path):
         assert (mini_voc / "JPEGImages" / f"{name}.jpg").read_bytes() == (again / "JPEGImages" / f"{name}.jpg").read_bytes()
     m = read_label_png(mini_voc / "SegmentationClass" / "toy_000000.png")
     assert set(np.unique(m)) - {0, 255} and 255 in m  # objects and a border band
+
+
+def test_segmentation_dataset_keeps_image_and_label_aligned(tmp_path):
+    """Joint rescale/flip/crop: label 1 must still sit on the bright square, padding must be 255/zero."""
+    from PIL import Image
+
+    from misc.data import SegmentationDataset
+    from misc.io import save_png
+
+    img = np.zeros((60, 90, 3), np.uint8)
+    img[10:40, 50:80] = 255  # a bright square, off-centre so a flip moves it
+    lab = np.zeros((60, 90), np.uint8)
+    lab[10:40, 50:80] = 1
+    Image.fromarray(img).save(tmp_path / "a.png")
+    save_png(tmp_path / "a_label.png", lab)
+    data = SegmentationDataset(lambda i: tmp_path / f"{i}.png", lambda i: tmp_path / f"{i}_label.png", ["a"],
+                               crop=100, rescale=(0.6, 1.4))
+    np.random.seed(0)
+    for _ in range(10):
+        item = data[0]
+        x, y = item["img"].numpy(), item["label"].numpy()
+        assert x.shape == (3, 100, 100) and y.shape == (100, 100)
+        bright = x.mean(0) > 1.0  # normalised white is about 2.2, black about -1.8, padding exactly 0
+        inner = (y == 1)
+        assert inner.sum() > 100
+        assert bright[inner].mean() > 0.9 and (~bright[y == 0]).mean() > 0.9  # edges differ: bicubic vs nearest
+        pad = np.all(x == 0, axis=0)
+        assert pad.any() and np.all(y[pad] == 255)

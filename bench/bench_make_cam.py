@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from misc.data import MultiScaleDataset, SizeBucketSampler, collate_same_size
-from misc.imutils import image_size, normalize, pil_rescale, pil_resize, read_image
+from misc.imutils import image_size, pil_resize, read_image
 from misc.torchutils import pick_device
 from net.resnet50_cam import CAM
 from step.make_cam import multiscale_cams, normalise_keep
@@ -28,14 +28,8 @@ from voc12.toy import write_toy_voc
 class _Upscaled(MultiScaleDataset):
     """Toy images resized to 500x375 (landscape) so --full sees VOC-sized inputs."""
 
-    def __getitem__(self, i: int) -> dict:
-        img = pil_resize(read_image(self.image_path(self.ids[i])), (375, 500), 3)
-        views = []
-        for s in self.scales:
-            x = normalize(pil_rescale(img, s, 3)).transpose(2, 0, 1)
-            views.append(torch.from_numpy(np.ascontiguousarray(np.stack([x, x[:, :, ::-1]]))))
-        return {"name": self.ids[i], "size": img.shape[:2], "label": torch.from_numpy(self.labels[self.ids[i]]),
-                "img": views}
+    def load(self, i: int) -> np.ndarray:
+        return pil_resize(read_image(self.image_path(self.ids[i])), (375, 500), 3)
 
 
 def _run(model, loader, device) -> float:

@@ -70,8 +70,12 @@ class MultiScaleDataset(ImageDataset):
         super().__init__(image_path, ids)
         self.labels, self.scales = labels, tuple(scales)
 
+    def load(self, i: int) -> np.ndarray:
+        """The uint8 (H, W, 3) image of item i (override to change what is fed, e.g. in benchmarks)."""
+        return imutils.read_image(self.image_path(self.ids[i]))
+
     def __getitem__(self, i: int) -> dict:
-        img = imutils.read_image(self.image_path(self.ids[i]))
+        img = self.load(i)
         views = []
         for s in self.scales:
             x = imutils.normalize(imutils.pil_rescale(img, s, 3) if s != 1.0 else img).transpose(2, 0, 1)

@@ -18,16 +18,21 @@ from typing import Sequence
 from misc.cli import guarded
 from misc.errors import UserError
 
-STEPS = ("train_cam", "make_cam", "eval_cam", "cam_to_ir_label", "draw")
+STEPS = ("train_cam", "make_cam", "eval_cam", "cam_to_ir_label", "train_irn", "make_sem_seg_labels", "eval_sem_seg",
+         "draw")
 
 # What the toy dataset changes (flags not given on the command line). IRN's recipe cannot learn from
 # random weights (frozen BN statistics, frozen early stages), so the toy trains from scratch a ResNet-50
 # shape with one bottleneck per stage and half width, ordinary BatchNorm and Adam, at the toy's 128-pixel
-# scale (measured: SGD and the full 50-layer depth learn far slower in the same CPU minutes).
+# scale (measured: SGD and the full 50-layer depth learn far slower in the same CPU minutes). IRNet's
+# frozen backbone is the trained toy classifier's (there are no ImageNet weights offline), at 128-pixel
+# crops; IRN's 990 steps at lr 0.1 become 300 steps at lr 0.3 (measured on the toy: 100 steps at 0.1 leave
+# the boundaries blurry and the pseudo labels below the seeds; 300 at 0.3 beat them, see the README).
 TOY_RECIPE = dict(
     recipe="scratch", backbone_width=32, backbone_blocks=(1, 1, 1, 1), cam_crop_size=128,
     cam_resize_long=(100, 160), cam_batch_size=16, cam_num_epoches=12, cam_optimizer="adam",
-    cam_learning_rate=1e-3,
+    cam_learning_rate=1e-3, irn_init="cam", irn_crop_size=128, irn_batch_size=8, irn_num_epoches=6,
+    irn_learning_rate=0.3,
 )
 
 
@@ -105,6 +110,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--crf_gt_prob", type=float, default=0.7, help="dense CRF unary confidence in the input label")
     g.add_argument("--crf_num_workers", type=int, default=os.cpu_count() or 1, help="CRF process pool size")
     g.add_argument("--ir_label_out_dir", type=str, default="ir_label")
+    g = p.add_argument_group("IRNet (train_irn)")
+    g.add_argument("--irn_init", type=str, default="imagenet", choices=("imagenet", "cam"),
+                   help="frozen backbone: imagenet = --pretrained_weights (IRN); cam = the trained classifier's")
+    g.add_argument("--irn_crop_size", type=int, default=512, help="training crop (multiple of 16); also the "
+                   "minimum inference canvas")
+    g.add_argument("--irn_rescale", type=float, nargs=2, default=(0.5, 1.5), metavar=("LO", "HI"),
+                   help="random rescale range before the crop")
+    g.add_argument("--irn_batch_size", type=int, default=32)
+    g.add_argument("--irn_num_epoches", type=int, default=3)
+    g.add_argument("--irn_learning_rate", type=float, default=0.1, help="boundary branch lr; displacement gets 10x")
+    g.add_argument("--irn_weight_decay", type=float, default=1e-4)
+    g.add_argument("--irn_momentum", type=float, default=1e-4, help="SGD momentum (1e-4 reproduces IRN, see --cam_momentum)")
+    g.add_argument("--irn_radius", type=int, default=10, help="pixel pairs within this radius train the affinities")
+    g.add_argument("--irn_weights_name", type=str, default="sess/res50_irn.pth")
+    g = p.add_argument_group("pseudo labels (make_sem_seg_labels) and their evaluation (eval_sem_seg)")
+    g.add_argument("--beta", type=float, default=10, help="affinity power of the random walk")
+    g.add_argument("--exp_times", type=int, default=8, help="the walk takes 2^exp_times steps")
+    g.add_argument("--sem_seg_radius", type=int, default=5, help="neighbourhood radius of the random walk")
+    g.add_argument("--sem_seg_power", type=float, default=1.0, help="seeds are raised to this power (IRN 1, RIB 1.3)")
+    g.add_argument("--sem_seg_bg_thres", type=float, default=0.25, help="background score after global max normalisation")
+    g.add_argument("--sem_seg_batch_images", type=int, default=8, help="same-size images walked together")
+    g.add_argument("--sem_seg_save_scores", type=str2bool, default=False,
+                   help="also save the scores before the threshold to <sem_seg_out_dir>_scores/")
+    g.add_argument("--sem_seg_eval_sweep", type=float, nargs=3, default=(0.05, 0.60, 0.01), metavar=("LO", "HI", "STEP"),
+                   help="background thresholds eval_sem_seg sweeps when the scores were saved")
+    g.add_argument("--sem_seg_out_dir", type=str, default="sem_seg")
     g = p.add_argument_group("pictures (draw)")
     g.add_argument("--draw_num", type=int, default=8, help="images drawn (the first N of --eval_list)")
     g.add_argument("--draw_out_dir", type=str, default="draw")

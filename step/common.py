@@ -61,14 +61,16 @@ def load_labels(args: argparse.Namespace, ds: VOC12, ids: list[str]) -> dict[str
     return labels
 
 
-def load_checkpoint(model: torch.nn.Module, path: Path) -> None:
-    """Load a state_dict file into ``model`` with strict key checking; mismatches are one clear line."""
+def load_checkpoint(model: torch.nn.Module, path: Path, drop: tuple[str, ...] = ()) -> None:
+    """Load a state_dict file into ``model`` with strict key checking; mismatches are one clear line.
+    Keys starting with a prefix in ``drop`` (non-weight buffers of legacy checkpoints) are ignored."""
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found; run the training step first or fix the weights flag")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a bad file
         raise UserError(f"{path}: not a loadable state_dict ({e})") from None
+    sd = {k: v for k, v in sd.items() if not k.startswith(drop)} if drop else sd
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]

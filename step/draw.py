@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> None:
     ids = load_list(args, args.eval_list)[:args.draw_num]
     out_dir = out_path(args, args.draw_out_dir)
     cam_dir = out_path(args, args.cam_out_dir)
-    sem_dir = out_path(args, getattr(args, "sem_seg_out_dir", "sem_seg"))
+    sem_dir = out_path(args, args.sem_seg_out_dir)
     for img_id in tqdm(ids, desc="draw"):
         img = read_image(ds.image_path(img_id))
         tiles, titles = [img], [img_id]

@@ -49,7 +49,9 @@ def confusions_from_histogram(hist: np.ndarray) -> np.ndarray:
     return conf
 
 
-class _Hist(Dataset):
+class CamHistogram(Dataset):
+    """Per image: ``cam_histogram`` of its GT mask and its seed file (``high_res`` and ``keys``)."""
+
     def __init__(self, ds, ids, cam_dir: Path, thresholds: np.ndarray):
         self.ds, self.ids, self.cam_dir, self.thresholds = ds, ids, cam_dir, thresholds
 
@@ -66,35 +68,46 @@ class _Hist(Dataset):
         return cam_histogram(gt, cam["high_res"], cam["keys"], self.thresholds, self.ds.num_classes + 1)
 
 
-def thresholds_of(args: argparse.Namespace) -> np.ndarray:
-    """The swept thresholds plus the fixed one, sorted and rounded to 1e-6."""
-    lo, hi, step = args.cam_eval_sweep
+def thresholds_of(sweep: tuple[float, float, float], fixed: float, flag: str = "--cam_eval_sweep") -> np.ndarray:
+    """The thresholds LO..HI by STEP (inclusive) plus the fixed one, sorted and rounded to 1e-6."""
+    lo, hi, step = sweep
     if step <= 0 or hi < lo:
-        raise UserError(f"--cam_eval_sweep {lo} {hi} {step}: need LO <= HI and STEP > 0")
+        raise UserError(f"{flag} {lo} {hi} {step}: need LO <= HI and STEP > 0")
     t = np.arange(lo, hi + step / 2, step)
-    return np.unique(np.round(np.append(t, args.cam_eval_thres), 6))
+    return np.unique(np.round(np.append(t, fixed), 6))
+
+
+def sweep_thresholds(ds, ids: list[str], cam_dir: Path, thr: np.ndarray, fixed: float, num_workers: int,
+                     desc: str) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Score the score maps of ``cam_dir`` (seed format) at every background threshold in ``thr``.
+
+    Returns (summary {'fixed', 'best': {'threshold', 'miou', 'iou'}, 'sweep': [{'threshold', 'miou'}]},
+    IoU (C+1,) at the fixed threshold, IoU at the best one); mIoU and IoU are fractions.
+    """
+    hist = accumulate(CamHistogram(ds, ids, cam_dir, thr), desc, num_workers)
+    ious = np.stack([iou_from_confusion(c) for c in confusions_from_histogram(hist)])
+    miou = np.nanmean(ious, 1)
+    best = int(np.nanargmax(miou))
+    at = int(np.argmin(np.abs(thr - fixed)))
+    summary = {"fixed": {"threshold": float(thr[at]), "miou": float(miou[at]), "iou": ious[at].tolist()},
+               "best": {"threshold": float(thr[best]), "miou": float(miou[best]), "iou": ious[best].tolist()},
+               "sweep": [{"threshold": float(t), "miou": float(m)} for t, m in zip(thr, miou)]}
+    return summary, ious[at], ious[best]
 
 
 def run(args: argparse.Namespace) -> dict:
     """Evaluate; returns the JSON dict (also written to disk)."""
     ds = get_dataset(args)
     ids = load_list(args, args.eval_list)
-    thr = thresholds_of(args)
-    hist = accumulate(_Hist(ds, ids, out_path(args, args.cam_out_dir), thr), "eval_cam", args.num_workers)
-    conf = confusions_from_histogram(hist)
-    ious = np.stack([iou_from_confusion(c) for c in conf])
-    miou = np.nanmean(ious, 1)
-    best = int(np.nanargmax(miou))
-    fixed = int(np.argmin(np.abs(thr - args.cam_eval_thres)))
+    thr = thresholds_of(args.cam_eval_sweep, args.cam_eval_thres)
+    s, fixed, best = sweep_thresholds(ds, ids, out_path(args, args.cam_out_dir), thr, args.cam_eval_thres,
+                                      args.num_workers, "eval_cam")
     names = ("background",) + tuple(ds.class_names)
-    report(names, {f"thr {thr[fixed]:.2f}": ious[fixed], f"best thr {thr[best]:.2f}": ious[best]})
-    result = {"list": args.eval_list, "num_images": len(ids), "classes": list(names),
-              "fixed": {"threshold": float(thr[fixed]), "miou": float(miou[fixed]), "iou": ious[fixed].tolist()},
-              "best": {"threshold": float(thr[best]), "miou": float(miou[best]), "iou": ious[best].tolist()},
-              "sweep": [{"threshold": float(t), "miou": float(m)} for t, m in zip(thr, miou)]}
+    report(names, {f"thr {s['fixed']['threshold']:.2f}": fixed, f"best thr {s['best']['threshold']:.2f}": best})
+    result = {"list": args.eval_list, "num_images": len(ids), "classes": list(names), **s}
     save_json(out_path(args, args.eval_out_dir) / "eval_cam.json", result)
-    print(f"eval_cam: mIoU {100 * miou[fixed]:.2f} at threshold {thr[fixed]:.2f}, best {100 * miou[best]:.2f} "
-          f"at {thr[best]:.2f} ({len(ids)} images)")
+    print(f"eval_cam: mIoU {100 * s['fixed']['miou']:.2f} at threshold {s['fixed']['threshold']:.2f}, best "
+          f"{100 * s['best']['miou']:.2f} at {s['best']['threshold']:.2f} ({len(ids)} images)")
     return result
 
 

@@ -1,0 +1,132 @@
+"""Pseudo labels: the seeds random-walked over IRNet's class boundaries.
+
+    python -m step.make_sem_seg_labels [flags of run_sample.py]
+
+For every id of --infer_list: the boundary map B (mean of the image's and its flip's logits, sigmoid) at
+stride 4; each class seed (the stride-4 ``cam`` of the seed file, raised to --sem_seg_power, IRN 1) is
+attenuated to cam ⊙ (1 - B) and walked 2^--exp_times steps over the affinities (1 - max B on the path)^--beta
+of all pixel pairs within --sem_seg_radius (``misc.randomwalk.random_walk``: a stencil on the device,
+never the n x n matrix, any image size). The result is upsampled x4, divided by its global max, and each
+pixel takes the class of its highest score, or background below --sem_seg_bg_thres (IRN 0.25). Writes
+``<sem_seg_out_dir>/<id>.png`` (palette PNG of 0..C) and, with --sem_seg_save_scores, the normalised scores
+before the threshold to ``<sem_seg_out_dir>_scores/<id>.npz`` (the seed format of misc.io.save_cam) so
+eval_sem_seg can sweep the threshold offline. Images of one size are walked together
+(--sem_seg_batch_images); ids whose PNG exists are skipped unless --overwrite.
+"""
+from __future__ import annotations
+
+import argparse
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from misc.data import MultiScaleDataset, SizeBucketSampler
+from misc.errors import UserError
+from misc.imutils import image_size, strided_size
+from misc.io import load_cam, save_cam, save_png
+from misc.randomwalk import random_walk
+from misc.torchutils import pick_device
+from net.resnet50_irn import LEGACY_BUFFER_PREFIXES, EdgeDisplacement
+from step.common import get_dataset, load_checkpoint, load_labels, load_list, out_path, step_main
+
+
+class _WalkInput(MultiScaleDataset):
+    """MultiScaleDataset at scale 1 plus the seed: item adds 'keys' (K,) and 'cam' (K, h, w) stride-4 seeds."""
+
+    def __init__(self, ds, ids: list[str], labels: dict, cam_dir: Path):
+        super().__init__(ds.image_path, ids, labels, scales=(1.0,))
+        self.cam_dir = cam_dir
+
+    def __getitem__(self, i: int) -> dict:
+        item = super().__getitem__(i)
+        seed = load_cam(self.cam_dir, self.ids[i])
+        if seed["cam"].shape[1:] != strided_size(item["size"], 4):
+            raise UserError(f"{self.cam_dir / self.ids[i]}.npz: stride-4 cam of size {seed['cam'].shape[1:]}, "
+                            f"expected {strided_size(item['size'], 4)} for its image; rerun make_cam")
+        return {**item, "img": item["img"][0], "keys": seed["keys"], "cam": torch.from_numpy(seed["cam"])}
+
+
+def _collate(items: list[dict]) -> dict:
+    return {"name": [it["name"] for it in items], "size": tuple(items[0]["size"]),
+            "img": torch.stack([it["img"] for it in items]), "keys": [it["keys"] for it in items],
+            "cam": [it["cam"] for it in items]}
+
+
+def walk_scores(cams: list[torch.Tensor], boundary: torch.Tensor, size: tuple[int, int], power: float,
+                radius: int, beta: float, exp_times: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Random-walked class scores of a batch of same-size images, divided by each image's global max.
+
+    cams: per image (K_i, h, w) stride-4 seeds; boundary: (N, 1, h, w) in [0, 1]; size: the images' (H, W).
+    Returns per image (stride-4 scores (K_i, h, w), full-size scores (K_i, H, W)), both divided by the max of
+    the full-size (bilinear x4) scores, as IRN normalises; K_i = 0 gives empty maps.
+    """
+    kmax = max(c.shape[0] for c in cams)
+    n, _, h, w = boundary.shape
+    if kmax == 0:
+        return [(boundary.new_zeros(0, h, w), boundary.new_zeros((0,) + tuple(size))) for _ in cams]
+    x = boundary.new_zeros(n, kmax, h, w)
+    for j, c in enumerate(cams):
+        x[j, :c.shape[0]] = c.to(x.device, x.dtype).clamp_min(0) ** power
+    rw = random_walk(x, boundary, radius=radius, beta=beta, exp_times=exp_times)
+    up = F.interpolate(rw, scale_factor=4, mode="bilinear", align_corners=False)[..., :size[0], :size[1]]
+    out = []
+    for j, c in enumerate(cams):
+        k = c.shape[0]
+        peak = up[j, :k].max().clamp_min(1e-12) if k else 1.0
+        out.append((rw[j, :k] / peak, up[j, :k] / peak))
+    return out
+
+
+def label_from_scores(scores: torch.Tensor, keys: np.ndarray, bg_thres: float) -> np.ndarray:
+    """uint8 (H, W) label: 0 where every score (K, H, W) is below ``bg_thres`` (ties to background), else
+    keys[argmax] + 1."""
+    lut = np.concatenate([[0], np.asarray(keys, np.int64) + 1]).astype(np.uint8)
+    full = F.pad(scores, (0, 0, 0, 0, 1, 0), value=bg_thres)
+    return lut[full.argmax(0).cpu().numpy()]
+
+
+def run(args: argparse.Namespace) -> None:
+    """Write the pseudo label of every id of --infer_list that has none yet."""
+    device = pick_device(args.device)
+    ds = get_dataset(args)
+    ids = load_list(args, args.infer_list)
+    labels = load_labels(args, ds, ids)
+    out_dir = out_path(args, args.sem_seg_out_dir)
+    score_dir = out_dir.with_name(out_dir.name + "_scores")
+    todo = ids if args.overwrite else [i for i in ids if not (out_dir / f"{i}.png").is_file()]
+    if not todo:
+        print(f"make_sem_seg_labels: all {len(ids)} pseudo labels exist in {out_dir}")
+        return
+    model = EdgeDisplacement(args.backbone_width, tuple(args.backbone_blocks), canvas=args.irn_crop_size)
+    load_checkpoint(model, out_path(args, args.irn_weights_name), drop=LEGACY_BUFFER_PREFIXES)
+    model = model.to(device).eval()
+    data = _WalkInput(ds, todo, labels, out_path(args, args.cam_out_dir))
+    sampler = SizeBucketSampler([image_size(ds.image_path(i)) for i in todo], args.sem_seg_batch_images)
+    loader = DataLoader(data, batch_sampler=sampler, collate_fn=_collate, num_workers=args.num_workers,
+                        pin_memory=device.type == "cuda")
+    with torch.no_grad(), ThreadPoolExecutor(2) as writer, tqdm(total=len(todo), desc="make_sem_seg_labels") as bar:
+        pending = []
+        for b in loader:
+            boundary, _ = model(b["img"].to(device, non_blocking=True))
+            scores = walk_scores(b["cam"], boundary, b["size"], args.sem_seg_power, args.sem_seg_radius,
+                                 args.beta, args.exp_times)
+            for name, keys, (small, full) in zip(b["name"], b["keys"], scores):
+                pending.append(writer.submit(save_png, out_dir / f"{name}.png",
+                                             label_from_scores(full, keys, args.sem_seg_bg_thres), ds.palette))
+                if args.sem_seg_save_scores:
+                    pending.append(writer.submit(save_cam, score_dir / f"{name}.npz", keys, small.cpu().numpy(),
+                                                 full.cpu().numpy()))
+            bar.update(len(b["name"]))
+        for f in pending:
+            f.result()
+    print(f"make_sem_seg_labels: {len(todo)} pseudo labels -> {out_dir}"
+          + (f" (scores -> {score_dir})" if args.sem_seg_save_scores else ""))
+
+
+if __name__ == "__main__":
+    step_main("make_sem_seg_labels", run)

@@ -1,0 +1,129 @@
+"""Train IRNet's boundary and displacement branches on the IR labels, then calibrate the mean shift.
+
+    python -m step.train_irn [flags of run_sample.py]
+
+IRN's recipe: random rescale (--irn_rescale), flip and --irn_crop_size crops of the images of
+--train_list with their IR labels; the label map is reduced x0.25 (nearest, as PIL) and the pair labels of
+every offset within --irn_radius are built on the device in one gather per batch (IRN built 152 x 13,090
+float masks per sample in CPU workers and shipped them). Poly SGD, --irn_learning_rate for the boundary
+branch and 10x for the displacement branch. The backbone is frozen: ImageNet weights (--irn_init
+imagenet, IRN) or the trained classifier's backbone (--irn_init cam, the toy default, which has no
+ImageNet weights). Afterwards the mean displacement over the top-left crops of every image of
+--infer_list becomes the mean shift. Writes --irn_weights_name (default <work_dir>/sess/res50_irn.pth).
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from misc.data import ClassificationDataset, SegmentationDataset
+from misc.errors import UserError
+from misc.indexing import PathIndex
+from misc.io import atomic_path
+from misc.torchutils import loader_generator, pick_device, poly_optimizer, seed_everything, worker_init_fn
+from net.resnet50 import load_imagenet_weights
+from net.resnet50_irn import Net, affinity_displacement_loss
+from step.common import get_dataset, load_labels, load_list, out_path, step_main
+
+
+def build_irn(args: argparse.Namespace) -> Net:
+    """IRNet with this run's backbone shape and its backbone weights per --irn_init (on the CPU)."""
+    model = Net(width=args.backbone_width, blocks=tuple(args.backbone_blocks))
+    if args.irn_init == "imagenet":
+        if not args.pretrained_weights:
+            raise UserError("--irn_init imagenet needs --pretrained_weights <torchvision resnet50 IMAGENET1K_V1 .pth> "
+                            "(or --irn_init cam to start from the trained classifier)")
+        load_imagenet_weights(model.resnet50, args.pretrained_weights)
+    else:
+        path = out_path(args, args.cam_weights_name)
+        if not path.is_file():
+            raise UserError(f"{path}: classifier not found for --irn_init cam; run step.train_cam first")
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        trunk = {k[len("resnet50."):]: v for k, v in sd.items() if k.startswith("resnet50.")}
+        missing, unexpected = model.resnet50.load_state_dict(trunk, strict=False)
+        if missing or unexpected:
+            raise UserError(f"{path}: its backbone does not fit (missing {missing[:2]}, unexpected {unexpected[:2]}); "
+                            "use the same --backbone_width/--backbone_blocks as train_cam")
+    return model
+
+
+def calibrate_mean_shift(model: Net, loader: DataLoader, device: torch.device) -> torch.Tensor:
+    """Mean displacement (dy, dx) over every image of ``loader`` (each image's mean over its whole crop,
+    padding included as in IRN, then averaged over images; no image is dropped). Stores it in
+    ``model.mean_shift.running_mean`` and returns it (2,)."""
+    model.eval()
+    model.mean_shift.running_mean.zero_()
+    total, n = torch.zeros(2, dtype=torch.float64, device=device), 0
+    with torch.no_grad():
+        for b in tqdm(loader, desc="train_irn mean shift", leave=False):
+            _, dp = model(b["img"].to(device, non_blocking=True))
+            total += dp.double().mean((2, 3)).sum(0)
+            n += dp.shape[0]
+    mean = (total / max(n, 1)).float()
+    model.mean_shift.running_mean.copy_(mean)
+    return mean
+
+
+def run(args: argparse.Namespace) -> None:
+    """Train, calibrate, save atomically."""
+    seed_everything(args.seed, args.deterministic)
+    device = pick_device(args.device)
+    ds = get_dataset(args)
+    if args.irn_crop_size % 16:
+        raise UserError(f"--irn_crop_size {args.irn_crop_size}: must be a multiple of 16")
+    ids, infer_ids = load_list(args, args.train_list), load_list(args, args.infer_list)
+    labels = load_labels(args, ds, infer_ids)
+    label_dir = out_path(args, args.ir_label_out_dir)
+    missing = [i for i in ids if not (label_dir / f"{i}.png").is_file()]
+    if missing:
+        raise UserError(f"{label_dir}: no IR label for {len(missing)} ids of --train_list (first {missing[0]}); "
+                        "run step.cam_to_ir_label first")
+    if len(ids) < args.irn_batch_size:
+        raise UserError(f"--train_list {args.train_list}: {len(ids)} ids, fewer than --irn_batch_size {args.irn_batch_size}")
+    train = SegmentationDataset(ds.image_path, lambda i: label_dir / f"{i}.png", ids, crop=args.irn_crop_size,
+                                rescale=tuple(args.irn_rescale))
+    kw = dict(num_workers=args.num_workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn)
+    loader = DataLoader(train, args.irn_batch_size, shuffle=True, drop_last=True,
+                        generator=loader_generator(args.seed), persistent_workers=args.num_workers > 0, **kw)
+    side = args.irn_crop_size // 4
+    index = PathIndex(args.irn_radius, (side, side)).to(device)
+
+    model = build_irn(args).to(device).train()
+    max_step = len(ids) // args.irn_batch_size * args.irn_num_epoches
+    edge_params, dp_params = model.trainable_parameters()
+    opt, sched = poly_optimizer(
+        "sgd", [{"params": edge_params, "lr": args.irn_learning_rate, "weight_decay": args.irn_weight_decay},
+                {"params": dp_params, "lr": 10 * args.irn_learning_rate, "weight_decay": args.irn_weight_decay}],
+        max_step, momentum=args.irn_momentum)
+    for ep in range(args.irn_num_epoches):
+        sums: dict[str, float] = {}
+        bar = tqdm(loader, desc=f"train_irn epoch {ep + 1}/{args.irn_num_epoches}", leave=False)
+        for b in bar:
+            edge, dp = model(b["img"].to(device, non_blocking=True))
+            small = b["label"].to(device, non_blocking=True)[:, 2::4, 2::4]  # = PIL nearest x0.25
+            losses = affinity_displacement_loss(edge, dp, small, index, ds.num_classes)
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            opt.step()
+            sched.step()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v.item()
+            bar.set_postfix(loss=f"{losses['total'].item():.4f}")
+        print(f"train_irn epoch {ep + 1}: mean " + ", ".join(f"{k} {v / len(loader):.4f}" for k, v in sums.items()),
+              flush=True)
+
+    infer = ClassificationDataset(ds.image_path, infer_ids, labels, crop=args.irn_crop_size, resize_long=None,
+                                  flip=False)
+    mean = calibrate_mean_shift(model, DataLoader(infer, args.irn_batch_size, shuffle=False, **kw), device)
+    print(f"train_irn: mean shift (dy, dx) = ({mean[0]:.4f}, {mean[1]:.4f}) over {len(infer_ids)} images of --infer_list")
+    path = out_path(args, args.irn_weights_name)
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
+    print(f"IRN -> {path}")
+
+
+if __name__ == "__main__":
+    step_main("train_irn", run)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # PASCAL VOC 2012 pipeline. Usage: bash get_pseudo_gt_VOC.sh VOC2012_ROOT IMAGENET_RESNET50_PTH [more run_sample.py flags]
-# Today it runs the CAM stage (train_cam, make_cam, eval_cam, draw) with IRN's settings; the IRN
-# refinement and RIB seeds will be added in front of / after it as they land.
+# Runs IRN's pipeline with IRN's settings: train_cam, make_cam, eval_cam, cam_to_ir_label, train_irn,
+# make_sem_seg_labels, eval_sem_seg, draw. Pseudo labels land in runs/voc12/sem_seg/.
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: bash get_pseudo_gt_VOC.sh VOC2012_ROOT IMAGENET_RESNET50_PTH [run_sample.py flags]" >&2

@@ -81,6 +81,15 @@ def pil_rescale(img: np.ndarray, scale: float, order: int) -> np.ndarray:
     return pil_resize(img, (int(round(h * scale)), int(round(w * scale))), order)
 
 
+def downsample_label(label, factor: int):
+    """Nearest-neighbour label reduction by an integer factor, as PIL NEAREST does for sides divisible by
+    it (PIL samples each output pixel's centre, i.e. input index factor * i + factor // 2). Works on numpy
+    arrays and torch tensors (..., H, W) with H and W divisible by ``factor``; returns a view
+    (..., H / factor, W / factor)."""
+    o = factor // 2
+    return label[..., o::factor, o::factor]
+
+
 def random_resize_long(img: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Resize so the long side is an integer drawn uniformly from [lo, hi] (bicubic, aspect kept)."""
     target = np.random.randint(lo, hi + 1)

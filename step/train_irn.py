@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from misc.data import ClassificationDataset, SegmentationDataset
 from misc.errors import UserError
+from misc.imutils import downsample_label
 from misc.indexing import PathIndex
 from misc.io import atomic_path
 from misc.torchutils import loader_generator, pick_device, poly_optimizer, seed_everything, worker_init_fn
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> None:
         bar = tqdm(loader, desc=f"train_irn epoch {ep + 1}/{args.irn_num_epoches}", leave=False)
         for b in bar:
             edge, dp = model(b["img"].to(device, non_blocking=True))
-            small = b["label"].to(device, non_blocking=True)[:, 2::4, 2::4]  # = PIL nearest x0.25
+            small = downsample_label(b["label"].to(device, non_blocking=True), 4)
             losses = affinity_displacement_loss(edge, dp, small, index, ds.num_classes)
             opt.zero_grad(set_to_none=True)
             losses["total"].backward()

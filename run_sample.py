@@ -16,7 +16,6 @@ import time
 from typing import Sequence
 
 from misc.cli import guarded
-from misc.errors import UserError
 
 STEPS = ("train_cam", "make_cam", "eval_cam", "cam_to_ir_label", "train_irn", "make_sem_seg_labels", "eval_sem_seg",
          "draw")
@@ -48,7 +47,6 @@ def str2bool(v: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     """Every flag of every step, with IRN's defaults."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    a = p.add_argument
     g = p.add_argument_group("data and environment")
     g.add_argument("--voc12_root", type=str, default=None,
                    help="VOC2012 folder (with JPEGImages/). Absent: generate and use the toy dataset")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -80,6 +79,47 @@ def load_checkpoint(model: torch.nn.Module, path: Path, drop: tuple[str, ...] = 
                         f"{unexpected[:2]}, shape mismatch {shape[:2]}); check --backbone_width, the class "
                         "count and the network flags")
     model.load_state_dict(sd)
+
+
+def save_checkpoint(model: torch.nn.Module, path: Path, what: str) -> None:
+    """Write ``model``'s state_dict to ``path`` atomically and say so (``what`` names it in the message)."""
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
+    print(f"{what} -> {path}")
+
+
+def bucketed_loader(ds: VOC12, data: "torch.utils.data.Dataset", ids: list[str], batch_images: int,
+                    collate: Callable, num_workers: int, device: torch.device) -> "torch.utils.data.DataLoader":
+    """A DataLoader over ``data`` (item i = image ids[i]) whose batches hold up to ``batch_images`` images of
+    one size (misc.data.SizeBucketSampler), collated by ``collate``."""
+    from torch.utils.data import DataLoader
+
+    from misc.data import SizeBucketSampler
+    from misc.imutils import image_size
+
+    sampler = SizeBucketSampler([image_size(ds.image_path(i)) for i in ids], batch_images)
+    return DataLoader(data, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                      pin_memory=device.type == "cuda")
+
+
+class PerImageGT(torch.utils.data.Dataset):
+    """Base of the streaming evaluators: item i = ``score(id, gt)`` of image ids[i], with gt its checked
+    uint8 GT mask (H, W); subclasses define ``score`` (returning an array to be summed over images)."""
+
+    def __init__(self, ds: VOC12, ids: list[str]):
+        self.ds, self.ids = ds, list(ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        from misc.imutils import read_label_png
+
+        p = self.ds.gt_path(self.ids[i])
+        return self.score(self.ids[i], self.ds.check_mask(read_label_png(p), p))
+
+    def score(self, img_id: str, gt: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
 
 def git_revision() -> str:

@@ -12,13 +12,11 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
 
 from misc.errors import UserError
-from misc.imutils import read_label_png
 from misc.io import load_cam, save_json
 from misc.metrics import iou_from_confusion
-from step.common import accumulate, get_dataset, load_list, out_path, report, step_main
+from step.common import PerImageGT, accumulate, get_dataset, load_list, out_path, report, step_main
 
 
 def cam_histogram(gt: np.ndarray, high_res: np.ndarray, keys: np.ndarray, thresholds: np.ndarray, n: int
@@ -49,22 +47,18 @@ def confusions_from_histogram(hist: np.ndarray) -> np.ndarray:
     return conf
 
 
-class CamHistogram(Dataset):
+class CamHistogram(PerImageGT):
     """Per image: ``cam_histogram`` of its GT mask and its seed file (``high_res`` and ``keys``)."""
 
-    def __init__(self, ds, ids, cam_dir: Path, thresholds: np.ndarray):
-        self.ds, self.ids, self.cam_dir, self.thresholds = ds, ids, cam_dir, thresholds
+    def __init__(self, ds, ids: list[str], cam_dir: Path, thresholds: np.ndarray):
+        super().__init__(ds, ids)
+        self.cam_dir, self.thresholds = cam_dir, thresholds
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        img_id = self.ids[i]
-        p = self.ds.gt_path(img_id)
-        gt = self.ds.check_mask(read_label_png(p), p)
+    def score(self, img_id: str, gt: np.ndarray) -> np.ndarray:
         cam = load_cam(self.cam_dir, img_id)
         if "high_res" not in cam or cam["high_res"].shape[1:] != gt.shape:
-            raise UserError(f"{self.cam_dir / img_id}.npz: high_res missing or of another size than {p}; rerun make_cam")
+            raise UserError(f"{self.cam_dir / img_id}.npz: high_res missing or of another size than its GT mask "
+                            f"{self.ds.gt_path(img_id)}; rerun make_cam")
         return cam_histogram(gt, cam["high_res"], cam["keys"], self.thresholds, self.ds.num_classes + 1)
 
 

@@ -15,34 +15,27 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from misc.errors import UserError
 from misc.imutils import read_label_png
 from misc.io import save_json
 from misc.metrics import confusion_matrix, fp_fn_rates, iou_from_confusion
-from step.common import accumulate, get_dataset, load_list, out_path, report, step_main
+from step.common import PerImageGT, accumulate, get_dataset, load_list, out_path, report, step_main
 from step.eval_cam import sweep_thresholds, thresholds_of
 
 
-class _Confusion(Dataset):
+class _Confusion(PerImageGT):
     def __init__(self, ds, ids: list[str], pred_dir: Path):
-        self.ds, self.ids, self.pred_dir = ds, ids, pred_dir
+        super().__init__(ds, ids)
+        self.pred_dir = pred_dir
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        img_id = self.ids[i]
-        p = self.ds.gt_path(img_id)
-        gt = self.ds.check_mask(read_label_png(p), p)
+    def score(self, img_id: str, gt: np.ndarray) -> np.ndarray:
         pred = read_label_png(self.pred_dir / f"{img_id}.png")
         if pred.shape != gt.shape:
-            raise UserError(f"{self.pred_dir / img_id}.png: size {pred.shape} differs from its GT {p} {gt.shape}; "
-                            "rerun make_sem_seg_labels")
+            raise UserError(f"{self.pred_dir / img_id}.png: size {pred.shape} differs from its GT mask "
+                            f"{self.ds.gt_path(img_id)} {gt.shape}; rerun make_sem_seg_labels")
         n = self.ds.num_classes + 1
-        pred = np.where(pred < n, pred, 0)
-        return confusion_matrix(gt, pred, n)
+        return confusion_matrix(gt, np.where(pred < n, pred, 0), n)
 
 
 def run(args: argparse.Namespace) -> dict:

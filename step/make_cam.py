@@ -12,17 +12,16 @@ import argparse
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from misc.data import MultiScaleDataset, SizeBucketSampler, collate_same_size
-from misc.imutils import image_size, strided_size, strided_up_size
+from misc.data import MultiScaleDataset, collate_same_size
+from misc.imutils import strided_size, strided_up_size
 from misc.io import save_cam
 from misc.torchutils import pick_device, seed_everything
-from step.common import get_dataset, load_checkpoint, load_labels, load_list, out_path, step_main
+from step.common import (bucketed_loader, get_dataset, load_checkpoint, load_labels, load_list, out_path,
+                         step_main)
 from step.train_cam import build_classifier
 
 
@@ -68,9 +67,7 @@ def run(args: argparse.Namespace) -> None:
     load_checkpoint(model, out_path(args, args.cam_weights_name))
     model = model.to(device).eval()
     data = MultiScaleDataset(ds.image_path, todo, labels, args.cam_scales)
-    sampler = SizeBucketSampler([image_size(ds.image_path(i)) for i in todo], args.cam_batch_images)
-    loader = DataLoader(data, batch_sampler=sampler, collate_fn=collate_same_size, num_workers=args.num_workers,
-                        pin_memory=device.type == "cuda")
+    loader = bucketed_loader(ds, data, todo, args.cam_batch_images, collate_same_size, args.num_workers, device)
     with torch.no_grad(), ThreadPoolExecutor(2) as writer, tqdm(total=len(todo), desc="make_cam") as bar:
         pending = []
         for b in loader:

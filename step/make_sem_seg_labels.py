@@ -22,17 +22,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from misc.data import MultiScaleDataset, SizeBucketSampler
+from misc.data import MultiScaleDataset
 from misc.errors import UserError
-from misc.imutils import image_size, strided_size
+from misc.imutils import strided_size
 from misc.io import load_cam, save_cam, save_png
 from misc.randomwalk import random_walk
 from misc.torchutils import pick_device
 from net.resnet50_irn import LEGACY_BUFFER_PREFIXES, EdgeDisplacement
-from step.common import get_dataset, load_checkpoint, load_labels, load_list, out_path, step_main
+from step.common import (bucketed_loader, get_dataset, load_checkpoint, load_labels, load_list, out_path,
+                         step_main)
 
 
 class _WalkInput(MultiScaleDataset):
@@ -106,9 +106,7 @@ def run(args: argparse.Namespace) -> None:
     load_checkpoint(model, out_path(args, args.irn_weights_name), drop=LEGACY_BUFFER_PREFIXES)
     model = model.to(device).eval()
     data = _WalkInput(ds, todo, labels, out_path(args, args.cam_out_dir))
-    sampler = SizeBucketSampler([image_size(ds.image_path(i)) for i in todo], args.sem_seg_batch_images)
-    loader = DataLoader(data, batch_sampler=sampler, collate_fn=_collate, num_workers=args.num_workers,
-                        pin_memory=device.type == "cuda")
+    loader = bucketed_loader(ds, data, todo, args.sem_seg_batch_images, _collate, args.num_workers, device)
     with torch.no_grad(), ThreadPoolExecutor(2) as writer, tqdm(total=len(todo), desc="make_sem_seg_labels") as bar:
         pending = []
         for b in loader:

@@ -16,10 +16,9 @@ from tqdm import tqdm
 
 from misc.data import ClassificationDataset
 from misc.errors import UserError
-from misc.io import atomic_path
 from misc.torchutils import loader_generator, pick_device, poly_optimizer, seed_everything, worker_init_fn
 from net.resnet50 import load_imagenet_weights
-from step.common import get_dataset, load_labels, load_list, out_path, step_main
+from step.common import get_dataset, load_labels, load_list, out_path, save_checkpoint, step_main
 
 
 def build_classifier(args: argparse.Namespace, num_classes: int, cam: bool = False) -> torch.nn.Module:
@@ -86,10 +85,7 @@ def run(args: argparse.Namespace) -> None:
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{opt.param_groups[0]['lr']:.4f}")
         print(f"train_cam epoch {ep + 1}: last loss {loss.item():.4f}, val loss {_val_loss(model, val_loader, device):.4f}",
               flush=True)
-    path = out_path(args, args.cam_weights_name)
-    with atomic_path(path) as tmp:
-        torch.save(model.state_dict(), tmp)
-    print(f"classifier -> {path}")
+    save_checkpoint(model, out_path(args, args.cam_weights_name), "classifier")
 
 
 if __name__ == "__main__":

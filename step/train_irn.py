@@ -23,11 +23,10 @@ from misc.data import ClassificationDataset, SegmentationDataset
 from misc.errors import UserError
 from misc.imutils import downsample_label
 from misc.indexing import PathIndex
-from misc.io import atomic_path
 from misc.torchutils import loader_generator, pick_device, poly_optimizer, seed_everything, worker_init_fn
 from net.resnet50 import load_imagenet_weights
 from net.resnet50_irn import Net, affinity_displacement_loss
-from step.common import get_dataset, load_labels, load_list, out_path, step_main
+from step.common import get_dataset, load_labels, load_list, out_path, save_checkpoint, step_main
 
 
 def build_irn(args: argparse.Namespace) -> Net:
@@ -120,10 +119,7 @@ def run(args: argparse.Namespace) -> None:
                                   flip=False)
     mean = calibrate_mean_shift(model, DataLoader(infer, args.irn_batch_size, shuffle=False, **kw), device)
     print(f"train_irn: mean shift (dy, dx) = ({mean[0]:.4f}, {mean[1]:.4f}) over {len(infer_ids)} images of --infer_list")
-    path = out_path(args, args.irn_weights_name)
-    with atomic_path(path) as tmp:
-        torch.save(model.state_dict(), tmp)
-    print(f"IRN -> {path}")
+    save_checkpoint(model, out_path(args, args.irn_weights_name), "IRN")
 
 
 if __name__ == "__main__":

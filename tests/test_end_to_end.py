@@ -44,18 +44,24 @@ def test_toy_artifacts(toy_run):
     assert cfg["args"]["recipe"] == "scratch" and cfg["git_revision"]
 
 
-def test_make_cam_resumes(toy_run, capsys):
+def _assert_resumes(toy_run, folder: str, pattern: str, step, message: str, capsys) -> None:
+    """Delete one output of a make-step, rerun the step: only that file is written again."""
     import run_sample
-    from step import make_cam
 
-    before = {p: p.stat().st_mtime_ns for p in (toy_run / "cam").glob("*.npz")}
+    before = {p: p.stat().st_mtime_ns for p in (toy_run / folder).glob(pattern)}
     victim = sorted(before)[5]
     victim.unlink()
-    args = run_sample.parse_args(["--work_dir", str(toy_run), "--toy_root", str(toy_run.parent / "toy_voc")])
-    make_cam.run(args)
-    assert "1 seeds" in capsys.readouterr().out
-    after = {p: p.stat().st_mtime_ns for p in (toy_run / "cam").glob("*.npz")}
+    capsys.readouterr()
+    step.run(run_sample.parse_args(["--work_dir", str(toy_run), "--toy_root", str(toy_run.parent / "toy_voc")]))
+    assert message in capsys.readouterr().out
+    after = {p: p.stat().st_mtime_ns for p in (toy_run / folder).glob(pattern)}
     assert victim in after and all(after[p] == t for p, t in before.items() if p != victim)
+
+
+def test_make_cam_resumes(toy_run, capsys):
+    from step import make_cam
+
+    _assert_resumes(toy_run, "cam", "*.npz", make_cam, "1 seeds", capsys)
 
 
 def test_toy_ir_labels(toy_run):
@@ -82,7 +88,6 @@ def test_toy_pseudo_labels_beat_the_seeds(toy_run):
 def test_toy_irn_artifacts_and_resume(toy_run, capsys):
     import torch
 
-    import run_sample
     from step import make_sem_seg_labels
 
     sd = torch.load(toy_run / "sess" / "res50_irn.pth", weights_only=True)
@@ -94,11 +99,4 @@ def test_toy_irn_artifacts_and_resume(toy_run, capsys):
         lab = read_label_png(toy_run / "sem_seg" / f"{i}.png")
         gt = read_label_png(toy_run.parent / "toy_voc" / "SegmentationClass" / f"{i}.png")
         assert lab.shape == gt.shape and set(np.unique(lab)) <= {0} | set(np.flatnonzero(labels[i]) + 1)
-    before = {p: p.stat().st_mtime_ns for p in (toy_run / "sem_seg").glob("*.png")}
-    victim = sorted(before)[3]
-    victim.unlink()
-    args = run_sample.parse_args(["--work_dir", str(toy_run), "--toy_root", str(toy_run.parent / "toy_voc")])
-    make_sem_seg_labels.run(args)
-    assert "1 pseudo labels" in capsys.readouterr().out
-    after = {p: p.stat().st_mtime_ns for p in (toy_run / "sem_seg").glob("*.png")}
-    assert victim in after and all(after[p] == t for p, t in before.items() if p != victim)
+    _assert_resumes(toy_run, "sem_seg", "*.png", make_sem_seg_labels, "1 pseudo labels", capsys)

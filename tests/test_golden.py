@@ -1,5 +1,4 @@
 """Golden facts of IRN's recipe: strided sizes, poly schedule, CAM normalisation, palette, key layout."""
-import numpy as np
 import pytest
 import torch
 

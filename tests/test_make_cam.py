@@ -1,6 +1,5 @@
 """make_cam: batched output equals one image at a time; the artifact format; resume; the sampler."""
 import numpy as np
-import pytest
 import torch
 
 from misc.data import MultiScaleDataset, SizeBucketSampler, collate_same_size

@@ -8,9 +8,15 @@ from misc.errors import UserError
 
 
 def guarded(fn: Callable[[], object]) -> None:
-    """Call ``fn``; print a UserError as 'error: <message>' and exit 2 instead of a traceback."""
+    """Call ``fn``; print a UserError as 'error: <message>' and exit 2 instead of a traceback.
+
+    A UserError raised in a DataLoader worker reaches here re-raised with the worker's traceback as its
+    message; only the original message (its last line) is printed.
+    """
     try:
         fn()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        prefix = f"{UserError.__module__}.{UserError.__qualname__}: "
+        print(f"error: {msg[len(prefix):] if msg.startswith(prefix) else msg}", file=sys.stderr)
         sys.exit(2)

@@ -49,6 +49,15 @@ def test_step_module_missing_checkpoint_is_one_line(mini_voc, tmp_path):
     assert r.returncode == 2 and "res50_cam.pth" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("step,needle", [("step.eval_sem_seg", "sem_seg/"), ("step.train_irn", "cam_to_ir_label"),
+                                         ("step.make_sem_seg_labels", "res50_irn.pth")])
+def test_irn_steps_missing_inputs_are_one_line(mini_voc, tmp_path, step, needle):
+    """Also when the error is raised in a DataLoader worker (eval_sem_seg reads in 2 workers)."""
+    r = _run("-m", step, "--voc12_root", str(mini_voc), "--work_dir", str(tmp_path / "w"), "--num_workers", "2")
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
 def test_irn_recipe_without_weights_asks_for_them(mini_voc, tmp_path):
     r = _run("-m", "step.train_cam", "--voc12_root", str(mini_voc), "--work_dir", str(tmp_path / "w"))
     assert r.returncode == 2 and "--pretrained_weights" in r.stderr

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from misc.cli import guarded
 
-STEPS = ("train_cam", "make_cam", "eval_cam", "cam_to_ir_label", "train_irn", "make_sem_seg_labels", "eval_sem_seg",
+STEPS = ("train_cam", "make_cam", "make_rib_cam", "eval_cam", "cam_to_ir_label", "train_irn", "make_sem_seg_labels", "eval_sem_seg",
          "draw")
 
 # What the toy dataset changes (flags not given on the command line). IRN's recipe cannot learn from
@@ -33,6 +33,17 @@ TOY_RECIPE = dict(
     cam_learning_rate=1e-3, irn_init="cam", irn_crop_size=128, irn_batch_size=8, irn_num_epoches=6,
     irn_learning_rate=0.3,
 )
+
+# What --method changes (flags not given on the command line). RIB (Lee et al., NeurIPS 2021): its seeds
+# replace make_cam's, and the IRN stage runs with RIB's published VOC constants; its outputs get their own
+# folders so an IRN run and a RIB run can share one work_dir (and one classifier).
+METHOD_RECIPES = {
+    "irn": dict(make_rib_cam_pass=False),
+    "rib": dict(make_cam_pass=False, cam_out_dir="cam_rib", cam_eval_sweep=(0.20, 0.49, 0.01), conf_fg_thres=0.35,
+                conf_bg_thres=0.17, sem_seg_bg_thres=0.27, sem_seg_power=1.3, ir_label_out_dir="ir_label_rib",
+                irn_weights_name="sess/res50_irn_rib.pth", sem_seg_out_dir="sem_seg_rib", eval_out_dir="eval_rib",
+                draw_out_dir="draw_rib"),
+}
 
 
 def str2bool(v: str) -> bool:
@@ -50,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data and environment")
     g.add_argument("--voc12_root", type=str, default=None,
                    help="VOC2012 folder (with JPEGImages/). Absent: generate and use the toy dataset")
+    g.add_argument("--method", type=str, default="irn", choices=tuple(METHOD_RECIPES),
+                   help="seed method: irn (make_cam, IRN's constants) or rib (make_rib_cam, RIB's constants)")
     g.add_argument("--work_dir", type=str, default=None,
                    help="folder of every artifact of this run (default runs/voc12 or runs/toy); relative "
                         "output paths below are inside it")
@@ -101,6 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cam_eval_sweep", type=float, nargs=3, default=(0.05, 0.60, 0.01), metavar=("LO", "HI", "STEP"),
                    help="background thresholds swept by eval_cam, inclusive range")
     g.add_argument("--eval_out_dir", type=str, default="eval", help="per-step evaluation JSON files")
+    g = p.add_argument_group("RIB seeds (make_rib_cam; --method rib)")
+    g.add_argument("--rib_iters", type=int, default=10, help="K: most fine-tuning steps per image")
+    g.add_argument("--rib_lr", type=float, default=8e-6, help="backbone lr of the fine-tuning; the classifier gets 10x")
+    g.add_argument("--rib_aux_batch", type=int, default=20, help="class-disjoint auxiliary images per step")
+    g.add_argument("--rib_tau", type=float, default=0.4, help="gndp pooling threshold (of the class map's max)")
+    g.add_argument("--rib_stop_logit", type=float, default=600, help="stop once |target logit sum| exceeds this")
+    g.add_argument("--rib_area_thres", type=float, default=0.3, help="area stop: CAM level counted as covered")
+    g.add_argument("--rib_area_ratio", type=float, default=0.7, help="area stop: covered share of the image")
+    g.add_argument("--rib_loss_scales", type=float, nargs="+", default=(1.0, 1.5, 2.0),
+                   help="scales of the target image in the loss (each with its flip)")
     g = p.add_argument_group("IR labels (cam_to_ir_label)")
     g.add_argument("--conf_fg_thres", type=float, default=0.30, help="seed score above which a pixel is confident foreground")
     g.add_argument("--conf_bg_thres", type=float, default=0.05, help="seed score below which a pixel is confident background")
@@ -144,12 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve(args: argparse.Namespace, explicit: set[str]) -> argparse.Namespace:
-    """Apply TOY_RECIPE to flags not in ``explicit`` when there is no --voc12_root; fill work_dir."""
+    """Apply METHOD_RECIPES[--method], then TOY_RECIPE when there is no --voc12_root, to the flags not in
+    ``explicit``; fill work_dir."""
     args.toy = args.voc12_root is None
+    recipe = dict(METHOD_RECIPES[args.method])
     if args.toy:
-        for k, v in TOY_RECIPE.items():
-            if k not in explicit:
-                setattr(args, k, v)
+        recipe.update(TOY_RECIPE)
+    for k, v in recipe.items():
+        if k not in explicit:
+            setattr(args, k, v)
     if args.work_dir is None:
         args.work_dir = os.path.join("runs", "toy" if args.toy else "voc12")
     return args

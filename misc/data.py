@@ -138,3 +138,36 @@ class SegmentationDataset(ImageDataset):
         x, label = imutils.random_crop([x, label], self.crop, [0.0, 255])
         return {"name": img_id, "img": torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))),
                 "label": torch.from_numpy(np.ascontiguousarray(label))}
+
+
+class DisjointBatchSampler(Sampler):
+    """Auxiliary batches for RIB: for each target in ``targets`` (in order), ``steps`` batches of ``batch``
+    indices of images whose label set is disjoint from the target's.
+
+    labels: (N, C) multi-hot of the pool; the class-presence bitmask (N, ceil(C/8)) is built once and each
+    target's disjoint set is one vectorised AND over it. Inside a batch indices are distinct (drawn with
+    replacement across batches; a pool smaller than ``batch`` repeats indices). A target with an empty
+    disjoint pool gets empty batches. Deterministic from ``seed``.
+    """
+
+    def __init__(self, labels: np.ndarray, targets: Sequence[np.ndarray], steps: int, batch: int, seed: int = 0):
+        self.bits = np.packbits(np.asarray(labels) > 0, axis=1)
+        self.targets = [np.packbits(np.asarray(t) > 0) for t in targets]
+        self.steps, self.batch, self.seed = steps, batch, seed
+
+    def disjoint(self, t: int) -> np.ndarray:
+        """Indices of the pool images sharing no class with target t."""
+        return np.flatnonzero(~(self.bits & self.targets[t]).any(1))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng(self.seed)
+        for t in range(len(self.targets)):
+            pool = self.disjoint(t)
+            for _ in range(self.steps):
+                if len(pool) == 0:
+                    yield []
+                else:
+                    yield rng.choice(pool, self.batch, replace=len(pool) < self.batch).tolist()
+
+    def __len__(self) -> int:
+        return len(self.targets) * self.steps

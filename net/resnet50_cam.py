@@ -50,6 +50,11 @@ class Net(nn.Module):
         x = self.features(x).mean((2, 3), keepdim=True)
         return self.classifier(x).flatten(1)
 
+    def raw_cam(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> raw class maps (B, num_classes, ~H/16, ~W/16): the classifier on every position,
+        no ReLU (their spatial mean is the logit)."""
+        return F.conv2d(self.features(x), self.classifier.weight)
+
     def trainable_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone parameters that train, classifier parameters): the two lr groups (1x and 10x)."""
         bb = [p for p in self.backbone.parameters() if p.requires_grad]

@@ -49,6 +49,15 @@ def load_list(args: argparse.Namespace, name: str) -> list[str]:
     return read_id_list(p)
 
 
+def shard(ids: list[str]) -> list[str]:
+    """This process's share of ``ids`` under torchrun (env RANK, WORLD_SIZE): ids[rank::world_size], so the
+    ranks cover every id exactly once. Without torchrun, all ids."""
+    import os
+
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    return ids[rank::world]
+
+
 def load_labels(args: argparse.Namespace, ds: VOC12, ids: list[str]) -> dict[str, np.ndarray]:
     """Image-level labels {id: float32 (C,)} of the run, checked to cover ``ids``."""
     path = meta_dir(args) / "cls_labels.json"

@@ -32,16 +32,20 @@ def multiscale_cams(model: torch.nn.Module, views: Sequence[torch.Tensor], size:
     views: list over scales of (B, 2, 3, h_s, w_s) [image, flipped]; size: the images' (H, W).
     Returns (strided (B, C, (H-1)//4+1, (W-1)//4+1), high_res (B, C, H, W)), unnormalised, all classes.
     """
-    h4, w4 = strided_size(size, 4)
-    up = strided_up_size(size, 16)
     strided, high = 0.0, 0.0
     for v in views:
-        b = v.shape[0]
-        x = model(v.flatten(0, 1))
-        x = x.unflatten(0, (b, 2))
-        x = x[:, 0] + x[:, 1].flip(-1)
-        strided = strided + F.interpolate(x, (h4, w4), mode="bilinear", align_corners=False)
-        high = high + F.interpolate(x, up, mode="bilinear", align_corners=False)[:, :, :size[0], :size[1]]
+        s, h = resize_merged(model(v.flatten(0, 1)).unflatten(0, (v.shape[0], 2)), size)
+        strided, high = strided + s, high + h
+    return strided, high
+
+
+def resize_merged(cams: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One scale's contribution: cams (B, 2, C, h, w) of [image, flipped image] are merged (the flipped one
+    flipped back and added) and resized bilinearly to the stride-4 size and, via the 16-aligned size and a
+    crop, to the full size. Returns (strided (B, C, (H-1)//4+1, (W-1)//4+1), high_res (B, C, H, W))."""
+    x = cams[:, 0] + cams[:, 1].flip(-1)
+    strided = F.interpolate(x, strided_size(size, 4), mode="bilinear", align_corners=False)
+    high = F.interpolate(x, strided_up_size(size, 16), mode="bilinear", align_corners=False)[:, :, :size[0], :size[1]]
     return strided, high
 
 

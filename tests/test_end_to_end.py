@@ -100,3 +100,28 @@ def test_toy_irn_artifacts_and_resume(toy_run, capsys):
         gt = read_label_png(toy_run.parent / "toy_voc" / "SegmentationClass" / f"{i}.png")
         assert lab.shape == gt.shape and set(np.unique(lab)) <= {0} | set(np.flatnonzero(labels[i]) + 1)
     _assert_resumes(toy_run, "sem_seg", "*.png", make_sem_seg_labels, "1 pseudo labels", capsys)
+
+
+def test_make_rib_cam_on_the_toy_classifier(toy_run, tmp_path, capsys):
+    import run_sample
+    from misc.io import load_cam, write_id_list
+    from step import make_rib_cam
+
+    ids = read_id_list(toy_run / "meta" / "train.txt")[:4]
+    write_id_list(tmp_path / "four.txt", ids)
+    argv = ["--work_dir", str(toy_run), "--toy_root", str(toy_run.parent / "toy_voc"), "--method", "rib",
+            "--train_list", str(tmp_path / "four.txt"), "--cam_out_dir", str(tmp_path / "rib"),
+            "--rib_iters", "2", "--rib_aux_batch", "3", "--num_workers", "0"]
+    args = run_sample.parse_args(argv)
+    assert args.make_rib_cam_pass and not args.make_cam_pass and args.sem_seg_power == 1.3
+    make_rib_cam.run(args)
+    labels = load_cls_labels(toy_run / "meta" / "cls_labels.json", 20)
+    for i in ids:
+        seed, base = load_cam(tmp_path / "rib", i), load_cam(toy_run / "cam", i)
+        np.testing.assert_array_equal(seed["keys"], np.flatnonzero(labels[i]))
+        assert seed["high_res"].shape == base["high_res"].shape and seed["cam"].shape == base["cam"].shape
+        peak = seed["high_res"].max((1, 2))  # max + 1e-5 rounds to max for large sums in float32
+        assert np.all(peak > 0.99) and np.all(peak <= 1)
+    capsys.readouterr()
+    make_rib_cam.run(args)
+    assert "all 4 seeds exist" in capsys.readouterr().out

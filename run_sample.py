@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rib_stop_logit", type=float, default=600, help="stop once |target logit sum| exceeds this")
     g.add_argument("--rib_area_thres", type=float, default=0.3, help="area stop: CAM level counted as covered")
     g.add_argument("--rib_area_ratio", type=float, default=0.7, help="area stop: covered share of the image")
+    g.add_argument("--rib_aux_list", type=str, default=None,
+                   help="ids the auxiliary images come from (default: --train_list, as RIB)")
     g.add_argument("--rib_loss_scales", type=float, nargs="+", default=(1.0, 1.5, 2.0),
                    help="scales of the target image in the loss (each with its flip)")
     g = p.add_argument_group("IR labels (cam_to_ir_label)")

@@ -6,8 +6,8 @@ For every id of --train_list, starting from the trained classifier θ0 each time
 up to --rib_iters SGD steps (backbone lr --rib_lr, classifier 10x, wd --cam_weight_decay, poly over
 the steps, momentum --cam_momentum) on L = -Σ y·z, z the raw logits pooled with ``misc.torchutils.gndp``
 (τ = --rib_tau), summed over the target image at scales --rib_loss_scales with flips and over
---rib_aux_batch auxiliary images whose label sets are disjoint from the target's (training augmentation
-of train_cam). Each step first adds the CAMs (ReLU, flip-merged, every --cam_scales) of the current
+--rib_aux_batch auxiliary images of --rib_aux_list (default --train_list) whose label sets are disjoint
+from the target's (training augmentation of train_cam). Each step first adds the CAMs (ReLU, flip-merged, every --cam_scales) of the current
 weights to the seed; then:
 - area stop (from step 1 on, at scale 1.0, checked before the other scales): the union over the target's
   classes of (max-normalised CAM > --rib_area_thres) covers more than --rib_area_ratio of the image ->
@@ -112,10 +112,11 @@ def run(args: argparse.Namespace) -> None:
     seed_everything(args.seed, args.deterministic)
     device = pick_device(args.device)
     ds = get_dataset(args)
-    pool_ids = load_list(args, args.train_list)
-    labels = load_labels(args, ds, pool_ids)
+    pool_ids = load_list(args, args.rib_aux_list or args.train_list)
+    all_ids = load_list(args, args.train_list)
+    labels = load_labels(args, ds, all_ids + pool_ids)
     out_dir = out_path(args, args.cam_out_dir)
-    ids = shard(pool_ids)
+    ids = shard(all_ids)
     todo = ids if args.overwrite else [i for i in ids if not (out_dir / f"{i}.npz").is_file()]
     if not todo:
         print(f"make_rib_cam: all {len(ids)} seeds exist in {out_dir}")

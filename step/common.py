@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -10,8 +11,12 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
+from misc.data import SizeBucketSampler
 from misc.errors import UserError
+from misc.imutils import image_size, read_label_png
 from misc.io import atomic_path, load_cls_labels, read_id_list, save_json
 from voc12.dataloader import VOC12
 from voc12.make_cls_labels import make_cls_labels
@@ -52,8 +57,6 @@ def load_list(args: argparse.Namespace, name: str) -> list[str]:
 def shard(ids: list[str]) -> list[str]:
     """This process's share of ``ids`` under torchrun (env RANK, WORLD_SIZE): ids[rank::world_size], so the
     ranks cover every id exactly once. Without torchrun, all ids."""
-    import os
-
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     return ids[rank::world]
 
@@ -97,21 +100,16 @@ def save_checkpoint(model: torch.nn.Module, path: Path, what: str) -> None:
     print(f"{what} -> {path}")
 
 
-def bucketed_loader(ds: VOC12, data: "torch.utils.data.Dataset", ids: list[str], batch_images: int,
-                    collate: Callable, num_workers: int, device: torch.device) -> "torch.utils.data.DataLoader":
+def bucketed_loader(ds: VOC12, data: Dataset, ids: list[str], batch_images: int, collate: Callable,
+                    num_workers: int, device: torch.device) -> DataLoader:
     """A DataLoader over ``data`` (item i = image ids[i]) whose batches hold up to ``batch_images`` images of
     one size (misc.data.SizeBucketSampler), collated by ``collate``."""
-    from torch.utils.data import DataLoader
-
-    from misc.data import SizeBucketSampler
-    from misc.imutils import image_size
-
     sampler = SizeBucketSampler([image_size(ds.image_path(i)) for i in ids], batch_images)
     return DataLoader(data, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
                       pin_memory=device.type == "cuda")
 
 
-class PerImageGT(torch.utils.data.Dataset):
+class PerImageGT(Dataset):
     """Base of the streaming evaluators: item i = ``score(id, gt)`` of image ids[i], with gt its checked
     uint8 GT mask (H, W); subclasses define ``score`` (returning an array to be summed over images)."""
 
@@ -122,8 +120,6 @@ class PerImageGT(torch.utils.data.Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        from misc.imutils import read_label_png
-
         p = self.ds.gt_path(self.ids[i])
         return self.score(self.ids[i], self.ds.check_mask(read_label_png(p), p))
 
@@ -167,12 +163,9 @@ def step_main(name: str, run: Callable[[argparse.Namespace], object]) -> None:
     guarded(go)
 
 
-def accumulate(data: "torch.utils.data.Dataset", desc: str, num_workers: int) -> np.ndarray:
+def accumulate(data: Dataset, desc: str, num_workers: int) -> np.ndarray:
     """Sum the arrays a Dataset returns per item, computed in ``num_workers`` loader processes (streaming:
     one item in memory per worker). Returns the sum."""
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
     total = None
     loader = DataLoader(data, batch_size=None, num_workers=num_workers)
     for h in tqdm(loader, desc=desc, total=len(data)):

@@ -7,8 +7,8 @@ up to --rib_iters SGD steps (backbone lr --rib_lr, classifier 10x, wd --cam_weig
 the steps, momentum --cam_momentum) on L = -Σ y·z, z the raw logits pooled with ``misc.torchutils.gndp``
 (τ = --rib_tau), summed over the target image at scales --rib_loss_scales with flips and over
 --rib_aux_batch auxiliary images of --rib_aux_list (default --train_list) whose label sets are disjoint
-from the target's (training augmentation of train_cam). Each step first adds the CAMs (ReLU, flip-merged, every --cam_scales) of the current
-weights to the seed; then:
+from the target's (training augmentation of train_cam). Each step first adds the CAMs (ReLU,
+flip-merged, every --cam_scales) of the current weights to the seed; then:
 - area stop (from step 1 on, at scale 1.0, checked before the other scales): the union over the target's
   classes of (max-normalised CAM > --rib_area_thres) covers more than --rib_area_ratio of the image ->
   stop before updating; as in the published code, that step's scale-1.0 map is already in the seed;
@@ -81,7 +81,7 @@ def rib_seed(model: torch.nn.Module, views: list[torch.Tensor], scales: tuple[fl
                 raw = model.raw_cam(views[i][0])  # (2, C, h, w)
             s, h = resize_merged(torch.relu(raw.detach())[None], size)
             strided, high = strided + s[0], high + h[0]
-            if scales[i] == 1.0 and step > 0 and len(keys) and \
+            if scales[i] == 1.0 and step > 0 and \
                     area_exploded(torch.relu(raw[0].detach()) + torch.relu(raw[1].detach()).flip(-1), keys,
                                   args.rib_area_thres, args.rib_area_ratio):
                 stop = True

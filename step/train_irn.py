@@ -26,11 +26,13 @@ from misc.indexing import PathIndex
 from misc.torchutils import loader_generator, pick_device, poly_optimizer, seed_everything, worker_init_fn
 from net.resnet50 import load_imagenet_weights
 from net.resnet50_irn import Net, affinity_displacement_loss
-from step.common import get_dataset, load_labels, load_list, out_path, save_checkpoint, step_main
+from step.common import get_dataset, load_checkpoint, load_labels, load_list, out_path, save_checkpoint, step_main
+from step.train_cam import build_classifier
 
 
-def build_irn(args: argparse.Namespace) -> Net:
-    """IRNet with this run's backbone shape and its backbone weights per --irn_init (on the CPU)."""
+def build_irn(args: argparse.Namespace, num_classes: int) -> Net:
+    """IRNet with this run's backbone shape and its backbone weights per --irn_init (on the CPU); with
+    'cam' the backbone of the --cam_weights_name classifier (num_classes outputs), loaded strictly."""
     model = Net(width=args.backbone_width, blocks=tuple(args.backbone_blocks))
     if args.irn_init == "imagenet":
         if not args.pretrained_weights:
@@ -38,15 +40,9 @@ def build_irn(args: argparse.Namespace) -> Net:
                             "(or --irn_init cam to start from the trained classifier)")
         load_imagenet_weights(model.resnet50, args.pretrained_weights)
     else:
-        path = out_path(args, args.cam_weights_name)
-        if not path.is_file():
-            raise UserError(f"{path}: classifier not found for --irn_init cam; run step.train_cam first")
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-        trunk = {k[len("resnet50."):]: v for k, v in sd.items() if k.startswith("resnet50.")}
-        missing, unexpected = model.resnet50.load_state_dict(trunk, strict=False)
-        if missing or unexpected:
-            raise UserError(f"{path}: its backbone does not fit (missing {missing[:2]}, unexpected {unexpected[:2]}); "
-                            "use the same --backbone_width/--backbone_blocks as train_cam")
+        classifier = build_classifier(args, num_classes)
+        load_checkpoint(classifier, out_path(args, args.cam_weights_name))
+        model.resnet50.load_state_dict(classifier.resnet50.state_dict())
     return model
 
 
@@ -91,7 +87,7 @@ def run(args: argparse.Namespace) -> None:
     side = args.irn_crop_size // 4
     index = PathIndex(args.irn_radius, (side, side)).to(device)
 
-    model = build_irn(args).to(device).train()
+    model = build_irn(args, ds.num_classes).to(device).train()
     max_step = len(ids) // args.irn_batch_size * args.irn_num_epoches
     edge_params, dp_params = model.trainable_parameters()
     opt, sched = poly_optimizer(

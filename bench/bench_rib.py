@@ -41,7 +41,7 @@ def main() -> None:
     theta0 = {k: v.clone() for k, v in model.state_dict().items()}
     args = argparse.Namespace(rib_iters=10, rib_lr=8e-6, rib_tau=0.4, rib_stop_logit=float("inf"), rib_area_thres=0.3,
                               rib_area_ratio=float("inf"), rib_loss_scales=(1.0, 1.5, 2.0), cam_weight_decay=1e-4,
-                              cam_momentum=1e-4)
+                              cam_momentum=1e-4, amp="off")
     scales = (1.0, 0.5, 1.5, 2.0)
     g = torch.Generator().manual_seed(0)
     img = torch.randn(1, 3, *size, generator=g)

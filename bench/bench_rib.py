@@ -26,14 +26,10 @@ from step.make_rib_cam import rib_seed
 VOC_TRAIN_AUG = 10582
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n_images", type=int, default=3)
-    p.add_argument("--device", type=str, default="auto")
-    p.add_argument("--full", action="store_true")
-    a = p.parse_args()
-    device = pick_device(a.device)
-    if a.full:
+def seconds_per_image(full: bool, device: torch.device, n_images: int) -> float:
+    """Mean wall time of rib_seed on one image (after one warm-up image) at RIB's VOC constants with the
+    stops disabled; ``full``: ResNet-50 on 500x375 targets and 512 crops, else the toy net on 128x96 and 128."""
+    if full:
         model, size, crop = Net(20, "irn"), (375, 500), 512
     else:
         model, size, crop = Net(20, "scratch", width=32, blocks=(1, 1, 1, 1)), (96, 128), 128
@@ -55,7 +51,7 @@ def main() -> None:
     aux_label[:, [3, 14]] = 0
     batch = {"img": torch.randn(20, 3, crop, crop, generator=g), "label": aux_label}
     times = []
-    for _ in range(a.n_images + 1):  # the first image warms up
+    for _ in range(n_images + 1):  # the first image warms up
         model.load_state_dict(theta0)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -64,7 +60,17 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t)
-    per = sum(times[1:]) / a.n_images
+    return sum(times[1:]) / n_images
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n_images", type=int, default=3)
+    p.add_argument("--device", type=str, default="auto")
+    p.add_argument("--full", action="store_true")
+    a = p.parse_args()
+    device = pick_device(a.device)
+    per = seconds_per_image(a.full, device, a.n_images)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{'device':<28}{'network':<34}{'s/image':>9}{'VOC train_aug h':>17}")
     net = "ResNet-50, 500x375, crops 512" if a.full else "toy net, 128x96, crops 128"

@@ -92,7 +92,7 @@ def sweep_thresholds(ds, ids: list[str], cam_dir: Path, thr: np.ndarray, fixed: 
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Evaluate; returns the JSON dict (also written to disk)."""
+    """Evaluate; returns the JSON dict (written to disk by rank 0)."""
     ds = get_dataset(args)
     ids = load_list(args, args.eval_list)
     thr = thresholds_of(args.cam_eval_sweep, args.cam_eval_thres)

@@ -41,7 +41,7 @@ class _Confusion(PerImageGT):
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Evaluate; returns the JSON dict (also written to disk)."""
+    """Evaluate; returns the JSON dict (written to disk by rank 0)."""
     ds = get_dataset(args)
     ids = load_list(args, args.eval_list)
     pred_dir = out_path(args, args.sem_seg_out_dir)

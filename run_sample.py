@@ -2,6 +2,7 @@
 
     python run_sample.py                                  # built-in toy dataset, CPU-sized recipe
     python run_sample.py --voc12_root VOCdevkit/VOC2012 --pretrained_weights resnet50-0676ba61.pth
+    torchrun --nproc_per_node 8 run_sample.py --voc12_root ...   # one process per GPU (DDP, id shards)
 
 Edit the defaults below to change a run; ``python -m step.<name>`` reads the same flags and defaults.
 Without --voc12_root the toy dataset is generated and every flag in TOY_RECIPE that is not given on the
@@ -16,6 +17,10 @@ import time
 from typing import Sequence
 
 from misc.cli import guarded
+
+# CPU cores per process: torchrun starts LOCAL_WORLD_SIZE processes on this machine, and each sizes its
+# loader and CRF pools from its share.
+CORES = max(1, (os.cpu_count() or 2) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 STEPS = ("train_cam", "make_cam", "make_rib_cam", "eval_cam", "cam_to_ir_label", "train_irn", "make_sem_seg_labels", "eval_sem_seg",
          "draw")
@@ -71,9 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val_list", type=str, default="val", help="ids for the train_cam validation loss")
     g.add_argument("--infer_list", type=str, default="train", help="ids for the later inference steps")
     g.add_argument("--eval_list", type=str, default="train", help="ids the eval steps score (IRN: VOC train)")
-    g.add_argument("--num_workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
-                   help="DataLoader worker processes")
+    g.add_argument("--num_workers", type=int, default=max(1, CORES // 2),
+                   help="DataLoader worker processes (per torchrun process)")
     g.add_argument("--device", type=str, default="auto", help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda:0', ...")
+    g.add_argument("--amp", type=str, default="off", choices=("off", "bf16"),
+                   help="bfloat16 autocast in the network passes of train_cam, make_cam, make_rib_cam, train_irn "
+                        "and make_sem_seg_labels (losses, random walk and outputs stay fp32)")
+    g.add_argument("--channels_last", type=str2bool, default=False,
+                   help="channels_last memory format for the networks of those steps")
     g.add_argument("--seed", type=int, default=0, help="seed of Python, NumPy, torch and the loader workers")
     g.add_argument("--deterministic", type=str2bool, default=False, help="ask torch for deterministic kernels")
     g.add_argument("--overwrite", type=str2bool, default=False,
@@ -131,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--conf_bg_thres", type=float, default=0.05, help="seed score below which a pixel is confident background")
     g.add_argument("--crf_iters", type=int, default=10, help="dense CRF mean-field iterations")
     g.add_argument("--crf_gt_prob", type=float, default=0.7, help="dense CRF unary confidence in the input label")
-    g.add_argument("--crf_num_workers", type=int, default=os.cpu_count() or 1, help="CRF process pool size")
+    g.add_argument("--crf_num_workers", type=int, default=CORES, help="CRF process pool size (per torchrun process)")
     g.add_argument("--ir_label_out_dir", type=str, default="ir_label")
     g = p.add_argument_group("IRNet (train_irn)")
     g.add_argument("--irn_init", type=str, default="imagenet", choices=("imagenet", "cam"),
@@ -196,19 +206,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run every enabled step in order, timing each."""
+    """Run every enabled step in order, timing each. Under torchrun every rank runs every step, with a
+    barrier after each, so no step reads a file another rank is still writing."""
     import importlib
 
-    from step.common import record_config
+    from misc import dist
+    from misc.torchutils import pick_device
+    from step.common import record_config, say
 
     args = parse_args(argv)
+    dist.init(pick_device(args.device))
     record_config(args, "run_sample")
     for s in STEPS:
         if getattr(args, f"{s}_pass"):
             t = time.time()
-            print(f"== step.{s}", flush=True)
+            say(f"== step.{s}")
             importlib.import_module(f"step.{s}").run(args)
-            print(f"== step.{s} done in {time.time() - t:.1f} s", flush=True)
+            dist.barrier()
+            say(f"== step.{s} done in {time.time() - t:.1f} s")
+    dist.destroy()
 
 
 if __name__ == "__main__":

@@ -47,6 +47,28 @@ def _run(model, loader, device) -> float:
     return n / (time.perf_counter() - t)
 
 
+def toy_inputs(full: bool, toy_root: str, n_images: int) -> tuple[CAM, MultiScaleDataset, list[tuple[int, int]]]:
+    """(network on the CPU, dataset of the first ``n_images`` toy images, their sizes): the toy recipe's net on
+    the toy images, or with ``full`` a standard-width ResNet-50 on the images upscaled to 500x375."""
+    ds = VOC12(write_toy_voc(toy_root))
+    ids = [f"toy_{i:06d}" for i in range(n_images)]
+    labels = {i: np.eye(20, dtype=np.float32)[i_ % 20] for i_, i in enumerate(ids)}
+    if full:
+        return CAM(20, "irn"), _Upscaled(ds.image_path, ids, labels), [(375, 500)] * len(ids)
+    return (CAM(20, "scratch", width=32, blocks=(1, 1, 1, 1)), MultiScaleDataset(ds.image_path, ids, labels),
+            [image_size(ds.image_path(i)) for i in ids])
+
+
+def images_per_second(model: torch.nn.Module, data: MultiScaleDataset, sizes: list[tuple[int, int]], batch: int,
+                      device: torch.device) -> float:
+    """make_cam's loop over ``data`` in batches of up to ``batch`` same-size images (2 loader workers),
+    after one warm-up pass (allocator, cuDNN autotune). Returns images/s."""
+    loader = DataLoader(data, batch_sampler=SizeBucketSampler(sizes, batch), collate_fn=collate_same_size,
+                        num_workers=2)
+    _run(model, loader, device)
+    return _run(model, loader, device)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n_images", type=int, default=64)
@@ -56,25 +78,11 @@ def main() -> None:
     p.add_argument("--toy_root", type=str, default="data/toy_voc")
     a = p.parse_args()
     device = pick_device(a.device)
-    ds = VOC12(write_toy_voc(a.toy_root))
-    ids = [f"toy_{i:06d}" for i in range(a.n_images)]
-    labels = {i: np.eye(20, dtype=np.float32)[i_ % 20] for i_, i in enumerate(ids)}
-    if a.full:
-        model = CAM(20, "irn")
-        data = _Upscaled(ds.image_path, ids, labels)
-        sizes = [(375, 500)] * len(ids)
-    else:
-        model = CAM(20, "scratch", width=32, blocks=(1, 1, 1, 1))
-        data = MultiScaleDataset(ds.image_path, ids, labels)
-        sizes = [image_size(ds.image_path(i)) for i in ids]
+    model, data, sizes = toy_inputs(a.full, a.toy_root, a.n_images)
     model = model.to(device).eval()
     torch.manual_seed(0)
-    rows = []
-    for name, bs in (("IRN style (1 image per pass)", 1), (f"batched ({a.batch} same-size images)", a.batch)):
-        loader = DataLoader(data, batch_sampler=SizeBucketSampler(sizes, bs), collate_fn=collate_same_size,
-                            num_workers=2)
-        _run(model, loader, device)  # warm-up (allocator, cuDNN autotune)
-        rows.append((name, _run(model, loader, device)))
+    rows = [(name, images_per_second(model, data, sizes, bs, device))
+            for name, bs in (("IRN style (1 image per pass)", 1), (f"batched ({a.batch} same-size images)", a.batch))]
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
           f"{torch.get_num_threads()} threads, {a.n_images} images, {'ResNet-50 at 500x375' if a.full else 'toy net'}")
     print(f"{'path':<36}{'images/s':>10}{'ratio':>8}")

@@ -147,12 +147,16 @@ class DisjointBatchSampler(Sampler):
     labels: (N, C) multi-hot of the pool; the class-presence bitmask (N, ceil(C/8)) is built once and each
     target's disjoint set is one vectorised AND over it. Inside a batch indices are distinct (drawn with
     replacement across batches; a pool smaller than ``batch`` repeats indices). A target with an empty
-    disjoint pool gets empty batches. Deterministic from ``seed``.
+    disjoint pool gets empty batches. Target t's batches are drawn from a generator seeded by
+    (``seed``, ``keys[t]``) (default key: t), so with a key that names the image (e.g. a hash of its id)
+    they do not depend on which other targets are in the list (sharding, resuming).
     """
 
-    def __init__(self, labels: np.ndarray, targets: Sequence[np.ndarray], steps: int, batch: int, seed: int = 0):
+    def __init__(self, labels: np.ndarray, targets: Sequence[np.ndarray], steps: int, batch: int, seed: int = 0,
+                 keys: Sequence[int] | None = None):
         self.bits = np.packbits(np.asarray(labels) > 0, axis=1)
         self.targets = [np.packbits(np.asarray(t) > 0) for t in targets]
+        self.keys = list(range(len(targets)) if keys is None else keys)
         self.steps, self.batch, self.seed = steps, batch, seed
 
     def disjoint(self, t: int) -> np.ndarray:
@@ -160,8 +164,8 @@ class DisjointBatchSampler(Sampler):
         return np.flatnonzero(~(self.bits & self.targets[t]).any(1))
 
     def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng(self.seed)
         for t in range(len(self.targets)):
+            rng = np.random.default_rng([self.seed, self.keys[t]])
             pool = self.disjoint(t)
             for _ in range(self.steps):
                 if len(pool) == 0:

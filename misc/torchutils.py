@@ -1,6 +1,7 @@
 """Optimiser, schedule, seeding and device helpers."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from typing import Iterable
@@ -54,18 +55,22 @@ def worker_init_fn(worker_id: int) -> None:
     random.seed(s)
 
 
-def loader_generator(seed: int) -> torch.Generator:
-    """A torch Generator for DataLoader shuffling and worker seeds, so a run is repeatable from ``--seed``."""
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
-
-
 def pick_device(name: str = "auto") -> torch.device:
-    """'auto' -> the first CUDA device when present, else CPU; anything else is passed to torch.device."""
+    """'auto' -> a CUDA device when present, else CPU; anything else is passed to torch.device. 'auto' and
+    a bare 'cuda' mean this process's GPU: cuda:LOCAL_RANK under torchrun (one process per GPU), else cuda:0."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """The --amp setting as a context: 'bf16' runs the block under bfloat16 autocast on ``device``
+    (conv/matmul in bf16, reductions and losses in fp32), 'off' is a no-op."""
+    if amp not in ("off", "bf16"):
+        raise ValueError(f"unknown amp mode {amp!r} (off or bf16)")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
 
 
 def gndp(cams: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:

@@ -15,7 +15,9 @@ from net.resnet50 import ResNet50
 class Net(nn.Module):
     """ResNet-50 (output stride 16) + global average pooling + a bias-free 1x1 classifier.
 
-    ``recipe='irn'``: frozen BN statistics, conv1/bn1 frozen and stages 1-2 detached (IRN).
+    ``recipe='irn'``: frozen BN statistics, stages 1-2 (conv1/bn1, layer1, layer2) frozen (IRN: conv1/bn1
+    frozen and the stage-2 output detached, which leaves the same weights untrained; frozen parameters
+    also keep them out of DistributedDataParallel's gradient buckets).
     ``recipe='scratch'``: ordinary BatchNorm and every stage trained (random initialisation).
     """
 
@@ -35,15 +37,12 @@ class Net(nn.Module):
         self.backbone = nn.ModuleList([self.stage1, self.stage2, self.stage3, self.stage4])
         self.newly_added = nn.ModuleList([self.classifier])
         if recipe == "irn":
-            for p in list(r.conv1.parameters()) + list(r.bn1.parameters()):
-                p.requires_grad_(False)
+            self.stage1.requires_grad_(False)
+            self.stage2.requires_grad_(False)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> stride-16 features (B, C, ~H/16, ~W/16); stages 1-2 get no gradient under 'irn'."""
-        x = self.stage2(self.stage1(x))
-        if self.recipe == "irn":
-            x = x.detach()
-        return self.stage4(self.stage3(x))
+        """(B, 3, H, W) -> stride-16 features (B, C, ~H/16, ~W/16)."""
+        return self.stage4(self.stage3(self.stage2(self.stage1(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> class logits (B, num_classes)."""

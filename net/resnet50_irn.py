@@ -8,6 +8,8 @@ checkpoint holds only weights and the mean shift and loads strictly.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -161,27 +163,46 @@ def pair_displacement(disp: torch.Tensor, index: PathIndex) -> torch.Tensor:
 
 
 def affinity_displacement_loss(edge_logits: torch.Tensor, disp: torch.Tensor, label: torch.Tensor,
-                               index: PathIndex, num_classes: int) -> dict[str, torch.Tensor]:
-    """IRN's loss over a batch (sums run over the whole batch, as IRN).
+                               index: PathIndex, num_classes: int,
+                               global_counts: Callable[[torch.Tensor], torch.Tensor] | None = None
+                               ) -> dict[str, torch.Tensor]:
+    """IRN's loss over a batch (sums run over the whole batch, as IRN): the pair labels of ``label`` and the
+    path affinities of ``edge_logits``, scored by ``pair_loss``.
 
     edge_logits (B, 1, h, w), disp (B, 2, h, w), label (B, h, w) with (h, w) = index.size. Affinity
-    a = 1 - max sigmoid(edge) on the pair's path; positive pairs cost -log(a + 1e-5), negatives
-    -log(1 + 1e-5 - a); displacement pairs cost |D(i) - D(j) - δ|₁ (foreground, one instance per class)
-    or |D(i) - D(j)|₁ (background). Returns scalars {'pos_aff', 'neg_aff', 'dp_fg', 'dp_bg', 'total'} with
-    total = (pos_aff + neg_aff) / 2 + (dp_fg + dp_bg) / 2 and pos_aff the mean of the bg and fg terms.
+    a = 1 - max sigmoid(edge) on the pair's path. ``global_counts``: see ``pair_loss``.
     """
     if tuple(edge_logits.shape[2:]) != index.size:
         raise ValueError(f"boundary map size {tuple(edge_logits.shape[2:])} differs from the path index's {index.size}")
-    bg, fg, neg = (m.to(edge_logits.dtype) for m in pair_labels(label, index, num_classes))
     aff = edge_to_affinity(torch.sigmoid(edge_logits), index)
+    return pair_loss(aff, disp, pair_labels(label, index, num_classes), index, global_counts)
+
+
+def pair_loss(aff: torch.Tensor, disp: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+              index: PathIndex, global_counts: Callable[[torch.Tensor], torch.Tensor] | None = None
+              ) -> dict[str, torch.Tensor]:
+    """IRN's loss from pair affinities aff (B, n_offsets, n_src) and pair labels ``pairs`` (bg_pos, fg_pos,
+    neg) of that shape (``pair_labels``), with disp (B, 2, h, w).
+
+    Positive pairs cost -log(a + 1e-5), negatives -log(1 + 1e-5 - a); displacement pairs cost
+    |D(i) - D(j) - δ|₁ (foreground, one instance per class) or |D(i) - D(j)|₁ (background); each sum is
+    divided by its pair count. ``global_counts`` maps this batch's (3,) counts (bg, fg, neg) to the
+    counts to divide by: under DDP the sum over ranks, so that the ranks' losses add up to the loss of the
+    whole batch (default: this batch's own). Returns scalars {'pos_aff', 'neg_aff', 'dp_fg', 'dp_bg',
+    'total'} with total = (pos_aff + neg_aff) / 2 + (dp_fg + dp_bg) / 2 and pos_aff the mean of the bg and
+    fg terms.
+    """
+    bg, fg, neg = (m.to(aff.dtype) for m in pairs)
+    counts = torch.stack([bg.sum(), fg.sum(), neg.sum()])
+    n_bg, n_fg, n_neg = global_counts(counts) if global_counts is not None else counts
     pos_loss = -torch.log(aff + 1e-5)
     neg_loss = -torch.log(1 + 1e-5 - aff)
-    pos_aff = ((bg * pos_loss).sum() / (bg.sum() + 1e-5) + (fg * pos_loss).sum() / (fg.sum() + 1e-5)) / 2
-    neg_aff = (neg * neg_loss).sum() / (neg.sum() + 1e-5)
+    pos_aff = ((bg * pos_loss).sum() / (n_bg + 1e-5) + (fg * pos_loss).sum() / (n_fg + 1e-5)) / 2
+    neg_aff = (neg * neg_loss).sum() / (n_neg + 1e-5)
     pd = pair_displacement(disp, index)
     target = index.offsets.t().to(pd.dtype)[None, :, :, None]
-    dp_fg = ((pd - target).abs() * fg.unsqueeze(1)).sum() / (2 * fg.sum() + 1e-5)
-    dp_bg = (pd.abs() * bg.unsqueeze(1)).sum() / (2 * bg.sum() + 1e-5)
+    dp_fg = ((pd - target).abs() * fg.unsqueeze(1)).sum() / (2 * n_fg + 1e-5)
+    dp_bg = (pd.abs() * bg.unsqueeze(1)).sum() / (2 * n_bg + 1e-5)
     total = (pos_aff + neg_aff) / 2 + (dp_fg + dp_bg) / 2
     return {"pos_aff": pos_aff, "neg_aff": neg_aff, "dp_fg": dp_fg, "dp_bg": dp_bg, "total": total}
 

@@ -7,7 +7,8 @@ when above --conf_fg_thres (IRN 0.30), else background, and refines that with a 
 background pass does the same at --conf_bg_thres (IRN 0.05). A pixel is foreground (its class) where the
 foreground pass says a class, background where both passes say background, and 255 elsewhere. Writes
 ``<work_dir>/<ir_label_out_dir>/<id>.png`` (uint8); ids already done are skipped unless --overwrite. The
-CRF is CPU-bound and runs in a process pool of --crf_num_workers.
+CRF is CPU-bound and runs in a process pool of --crf_num_workers. Under torchrun each rank labels its
+share of the ids (``step.common.shard``) with its own pool, and the quality score is reduced over ranks.
 """
 from __future__ import annotations
 
@@ -17,14 +18,14 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from misc import dist
 from misc.crf import crf_inference_label
 from misc.errors import UserError
 from misc.imutils import read_image, read_label_png
 from misc.io import load_cam, save_json, save_png
 from misc.metrics import confusion_matrix
-from step.common import get_dataset, load_list, out_path, step_main
+from step.common import get_dataset, load_list, out_path, pending, progress, say, shard, step_main
 
 
 def confident_labels(img: np.ndarray, high_res: np.ndarray, keys: np.ndarray, fg_thres: float, bg_thres: float,
@@ -57,20 +58,22 @@ def _work(img_id: str, image_path: Path, cam_dir: Path, out_dir: Path, fg: float
 
 
 def ir_label_quality(ds, ids: list[str], label_dir: Path) -> dict[str, float]:
-    """Precision and recall of the confident regions of the IR labels of ``ids`` against the GT masks.
+    """Precision and recall of the confident regions of the IR labels of ``ids`` against the GT masks (under
+    torchrun each rank scores its shard and the confusion is summed over ranks; every rank gets the result).
 
     Returns {'fg_precision', 'fg_recall', 'bg_precision', 'bg_recall', 'unsure'}: foreground precision is
     the share of pixels labelled with a class whose GT is that class; recall the share of GT foreground
     (background) pixels labelled correctly; 'unsure' the share of pixels labelled 255. GT 255 is ignored.
     """
     n = ds.num_classes + 2  # 0..C and 'unsure' as C+1
-    conf = 0
-    for img_id in ids:
+    conf = np.zeros((n, n), np.int64)
+    for img_id in shard(ids):
         p = ds.gt_path(img_id)
         gt = ds.check_mask(read_label_png(p), p)
         lab = read_label_png(label_dir / f"{img_id}.png").astype(np.int64)
         lab[lab == 255] = n - 1
         conf = conf + confusion_matrix(gt, lab, n)
+    conf = dist.sum_over_ranks(conf)
     tp = np.diag(conf)[:n - 1]
     return {"fg_precision": float(tp[1:].sum() / max(conf[:, 1:n - 1].sum(), 1)),
             "fg_recall": float(tp[1:].sum() / max(conf[1:n - 1].sum(), 1)),
@@ -84,27 +87,30 @@ def run(args: argparse.Namespace) -> None:
     ds = get_dataset(args)
     ids = load_list(args, args.train_list)
     out_dir = out_path(args, args.ir_label_out_dir)
-    todo = ids if args.overwrite else [i for i in ids if not (out_dir / f"{i}.png").is_file()]
+    todo = pending(ids, lambda i: (out_dir / f"{i}.png").is_file(), args.overwrite)
+    mine = shard(todo)
     work = partial(_work, cam_dir=out_path(args, args.cam_out_dir), out_dir=out_dir, fg=args.conf_fg_thres,
                    bg=args.conf_bg_thres, iters=args.crf_iters, gt_prob=args.crf_gt_prob)
-    paths = [ds.image_path(i) for i in todo]
-    bar = tqdm(total=len(todo), desc="cam_to_ir_label")
-    if args.crf_num_workers <= 1 or len(todo) <= 1:
-        for i, p in zip(todo, paths):
+    paths = [ds.image_path(i) for i in mine]
+    bar = progress(total=len(mine), desc="cam_to_ir_label")
+    if args.crf_num_workers <= 1 or len(mine) <= 1:
+        for i, p in zip(mine, paths):
             work(i, p)
             bar.update()
     else:
         with ProcessPoolExecutor(args.crf_num_workers) as pool:
-            for _ in pool.map(work, todo, paths, chunksize=4):
+            for _ in pool.map(work, mine, paths, chunksize=4):
                 bar.update()
     bar.close()
-    print(f"cam_to_ir_label: {len(todo)} new IR labels ({len(ids) - len(todo)} existed) -> {out_dir}")
+    say(f"cam_to_ir_label: {len(todo)} new IR labels ({len(ids) - len(todo)} existed) -> {out_dir}")
+    dist.barrier()  # every rank's labels are written before any rank scores them
     scored = [i for i in load_list(args, args.eval_list) if (out_dir / f"{i}.png").is_file()]
     if scored:
         q = ir_label_quality(ds, scored, out_dir)
-        save_json(out_path(args, args.eval_out_dir) / "eval_ir_label.json", {"num_images": len(scored), **q})
-        print("cam_to_ir_label on {} images of --eval_list: fg precision {:.1f}, fg recall {:.1f}, bg precision "
-              "{:.1f}, bg recall {:.1f}, unsure {:.1f} (%)".format(len(scored), *(100 * v for v in q.values())))
+        if dist.is_main():
+            save_json(out_path(args, args.eval_out_dir) / "eval_ir_label.json", {"num_images": len(scored), **q})
+        say("cam_to_ir_label on {} images of --eval_list: fg precision {:.1f}, fg recall {:.1f}, bg precision "
+            "{:.1f}, bg recall {:.1f}, unsure {:.1f} (%)".format(len(scored), *(100 * v for v in q.values())))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""What every step needs: the dataset of a run, id lists, labels, artifact paths, checkpoints, the CLI."""
+"""What every step needs: the dataset of a run, id lists, labels, artifact paths, checkpoints, the CLI, and
+the torchrun pieces (id shards, rank-0 output, DDP wrapping)."""
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -11,13 +11,16 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from misc import dist
 from misc.data import SizeBucketSampler
 from misc.errors import UserError
 from misc.imutils import image_size, read_label_png
 from misc.io import atomic_path, load_cls_labels, read_id_list, save_json
+from misc.torchutils import pick_device
 from voc12.dataloader import VOC12
 from voc12.make_cls_labels import make_cls_labels
 from voc12.toy import write_toy_voc
@@ -35,16 +38,18 @@ def meta_dir(args: argparse.Namespace) -> Path:
 
 
 def get_dataset(args: argparse.Namespace) -> VOC12:
-    """The dataset of this run; generates the toy folder and derives labels and lists when missing."""
-    root = write_toy_voc(args.toy_root, args.toy_seed, args.toy_n_train_aug, args.toy_n_train,
-                         args.toy_n_val, args.toy_size) if args.toy else args.voc12_root
-    ds = VOC12(root)
-    labels = meta_dir(args) / "cls_labels.json"
-    stamp = meta_dir(args) / "source.txt"
-    if not labels.is_file() or not stamp.is_file() or stamp.read_text().strip() != str(Path(root).resolve()):
-        make_cls_labels(ds, meta_dir(args))
-        with atomic_path(stamp) as tmp:
-            tmp.write_text(str(Path(root).resolve()) + "\n")
+    """The dataset of this run; generates the toy folder and derives labels and lists when missing (under
+    torchrun rank 0 does that while the other ranks wait, then they find everything in place)."""
+    with dist.main_first():
+        root = write_toy_voc(args.toy_root, args.toy_seed, args.toy_n_train_aug, args.toy_n_train,
+                             args.toy_n_val, args.toy_size) if args.toy else args.voc12_root
+        ds = VOC12(root)
+        labels = meta_dir(args) / "cls_labels.json"
+        stamp = meta_dir(args) / "source.txt"
+        if not labels.is_file() or not stamp.is_file() or stamp.read_text().strip() != str(Path(root).resolve()):
+            make_cls_labels(ds, meta_dir(args))
+            with atomic_path(stamp) as tmp:
+                tmp.write_text(str(Path(root).resolve()) + "\n")
     return ds
 
 
@@ -57,8 +62,55 @@ def load_list(args: argparse.Namespace, name: str) -> list[str]:
 def shard(ids: list[str]) -> list[str]:
     """This process's share of ``ids`` under torchrun (env RANK, WORLD_SIZE): ids[rank::world_size], so the
     ranks cover every id exactly once. Without torchrun, all ids."""
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    return ids[rank::world]
+    return ids[dist.rank()::dist.world_size()]
+
+
+def pending(ids: list[str], done: Callable[[str], bool], overwrite: bool) -> list[str]:
+    """A make-step's work: the ids of ``ids`` not ``done`` (their output exists), or all with ``overwrite``
+    (resume). Every rank lists them all and then waits for the others, so all ranks agree on the list before
+    any rank writes; the step then shards it (``shard``, or ``bucketed_loader``'s batches)."""
+    todo = [i for i in ids if overwrite or not done(i)]
+    dist.barrier()
+    return todo
+
+
+def say(msg: str) -> None:
+    """Print a whole-step summary, on rank 0 only."""
+    if dist.is_main():
+        print(msg, flush=True)
+
+
+def progress(iterable=None, **kw) -> tqdm:
+    """A tqdm progress bar on rank 0; a disabled one on the other ranks."""
+    return tqdm(iterable, **kw) if dist.is_main() else tqdm(iterable, disable=True, **kw)
+
+
+def rank_batch(total: int, flag: str) -> int:
+    """The per-rank batch of a total batch ``total`` (flag ``flag``): total / world size, so the optimiser
+    sees the recipe's batch whatever the number of processes. UserError when the world size does not
+    divide it."""
+    world = dist.world_size()
+    if total % world:
+        raise UserError(f"{flag} {total}: not divisible by the {world} torchrun processes; pick a multiple of {world}")
+    return total // world
+
+
+def place(model: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    """``model`` on ``device``, its 4-D weights in channels_last memory format when asked (--channels_last)."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def distribute(model: torch.nn.Module, device: torch.device, sync_bn: bool = False) -> torch.nn.Module:
+    """``model`` wrapped in DistributedDataParallel under torchrun (gradients averaged over ranks after each
+    backward); ``model`` itself single-process. With ``sync_bn`` on CUDA its BatchNorm layers become
+    SyncBatchNorm (statistics over the total batch, as single-process). SyncBatchNorm has no CPU kernel:
+    on CPU each rank normalises with its own batch's statistics."""
+    if not dist.active():
+        return model
+    if sync_bn and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def load_labels(args: argparse.Namespace, ds: VOC12, ids: list[str]) -> dict[str, np.ndarray]:
@@ -94,7 +146,10 @@ def load_checkpoint(model: torch.nn.Module, path: Path, drop: tuple[str, ...] = 
 
 
 def save_checkpoint(model: torch.nn.Module, path: Path, what: str) -> None:
-    """Write ``model``'s state_dict to ``path`` atomically and say so (``what`` names it in the message)."""
+    """Write ``model``'s state_dict to ``path`` atomically and say so (``what`` names it in the message);
+    rank 0 only (DDP keeps the ranks' weights equal)."""
+    if not dist.is_main():
+        return
     with atomic_path(path) as tmp:
         torch.save(model.state_dict(), tmp)
     print(f"{what} -> {path}")
@@ -103,8 +158,11 @@ def save_checkpoint(model: torch.nn.Module, path: Path, what: str) -> None:
 def bucketed_loader(ds: VOC12, data: Dataset, ids: list[str], batch_images: int, collate: Callable,
                     num_workers: int, device: torch.device) -> DataLoader:
     """A DataLoader over ``data`` (item i = image ids[i]) whose batches hold up to ``batch_images`` images of
-    one size (misc.data.SizeBucketSampler), collated by ``collate``."""
+    one size (misc.data.SizeBucketSampler), collated by ``collate``. Under torchrun rank r takes batches
+    r, r + W, ... of that list: every id once, in the batches a single process forms (batch composition
+    changes CPU kernels' rounding, so outputs stay bit-identical to a single-process run)."""
     sampler = SizeBucketSampler([image_size(ds.image_path(i)) for i in ids], batch_images)
+    sampler.batches = sampler.batches[dist.rank()::dist.world_size()]
     return DataLoader(data, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
                       pin_memory=device.type == "cuda")
 
@@ -142,36 +200,44 @@ def git_revision() -> str:
 
 
 def record_config(args: argparse.Namespace, name: str) -> None:
-    """Write the resolved flags, the git revision and the command line to ``<work_dir>/config.<name>.json``."""
+    """Write the resolved flags, the git revision, the command line and the number of processes to
+    ``<work_dir>/config.<name>.json`` (rank 0)."""
+    if not dist.is_main():
+        return
     cfg = {k: v for k, v in vars(args).items()}
     save_json(Path(args.work_dir) / f"config.{name}.json",
               {"git_revision": git_revision(), "argv": sys.argv, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "args": cfg})
+               "world_size": dist.world_size(), "args": cfg})
 
 
 def step_main(name: str, run: Callable[[argparse.Namespace], object]) -> None:
-    """``python -m step.<name>``: parse run_sample's flags, record them, run the step; UserError -> one line."""
+    """``python -m step.<name>`` (also under torchrun): parse run_sample's flags, join the process group,
+    record them, run the step; UserError -> one line."""
     from misc.cli import guarded
 
     def go() -> None:
         import run_sample  # the flags and their defaults live in run_sample.py, at the top of the tree
 
         args = run_sample.parse_args(sys.argv[1:])
+        dist.init(pick_device(args.device))
         record_config(args, name)
         run(args)
+        dist.destroy()
 
     guarded(go)
 
 
 def accumulate(data: Dataset, desc: str, num_workers: int) -> np.ndarray:
     """Sum the arrays a Dataset returns per item, computed in ``num_workers`` loader processes (streaming:
-    one item in memory per worker). Returns the sum."""
+    one item in memory per worker). Under torchrun each rank sums items rank, rank + W, ... and the ranks'
+    sums are added (``dist.sum_over_ranks``; exact for counts). Returns the sum over all items, on every rank."""
     total = None
-    loader = DataLoader(data, batch_size=None, num_workers=num_workers)
-    for h in tqdm(loader, desc=desc, total=len(data)):
+    mine = Subset(data, range(dist.rank(), len(data), dist.world_size()))
+    loader = DataLoader(mine, batch_size=None, num_workers=num_workers)
+    for h in progress(loader, desc=desc, total=len(mine)):
         h = np.asarray(h)
         total = h.copy() if total is None else total + h
-    return total
+    return dist.sum_over_ranks(total)
 
 
 def report(names: tuple[str, ...], columns: dict[str, np.ndarray]) -> None:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 
 from PIL import Image
-from tqdm import tqdm
 
 from misc.errors import UserError
 from misc.imutils import read_image, read_label_png
 from misc.io import atomic_path, load_cam
 from misc.vis import colorize, overlay, panel
-from step.common import get_dataset, load_list, out_path, step_main
+from step.common import get_dataset, load_list, out_path, progress, say, shard, step_main
 
 
 def run(args: argparse.Namespace) -> None:
@@ -26,7 +25,7 @@ def run(args: argparse.Namespace) -> None:
     out_dir = out_path(args, args.draw_out_dir)
     cam_dir = out_path(args, args.cam_out_dir)
     sem_dir = out_path(args, args.sem_seg_out_dir)
-    for img_id in tqdm(ids, desc="draw"):
+    for img_id in progress(shard(ids), desc="draw"):
         img = read_image(ds.image_path(img_id))
         tiles, titles = [img], [img_id]
         try:
@@ -46,7 +45,7 @@ def run(args: argparse.Namespace) -> None:
             titles.append("pseudo label")
         with atomic_path(out_dir / f"{img_id}.png") as tmp:
             Image.fromarray(panel(tiles, titles)).save(tmp, format="PNG")
-    print(f"draw: {len(ids)} pictures -> {out_dir}")
+    say(f"draw: {len(ids)} pictures -> {out_dir}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 
 Prediction per pixel: the class of the highest ``high_res`` CAM if it is above the threshold, else
 background (ties go to background). Prints the per-class table at the fixed and at the best threshold and
-writes ``<work_dir>/eval/eval_cam.json``.
+writes ``<work_dir>/eval/eval_cam.json``. Under torchrun each rank histograms its share of the images, the
+histograms are summed over ranks, and rank 0 prints and writes.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from misc import dist
 from misc.errors import UserError
 from misc.io import load_cam, save_json
 from misc.metrics import iou_from_confusion
@@ -90,15 +92,17 @@ def sweep_thresholds(ds, ids: list[str], cam_dir: Path, thr: np.ndarray, fixed: 
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Evaluate; returns the JSON dict (also written to disk)."""
+    """Evaluate; returns the JSON dict (written to disk by rank 0)."""
     ds = get_dataset(args)
     ids = load_list(args, args.eval_list)
     thr = thresholds_of(args.cam_eval_sweep, args.cam_eval_thres)
     s, fixed, best = sweep_thresholds(ds, ids, out_path(args, args.cam_out_dir), thr, args.cam_eval_thres,
                                       args.num_workers, "eval_cam")
     names = ("background",) + tuple(ds.class_names)
-    report(names, {f"thr {s['fixed']['threshold']:.2f}": fixed, f"best thr {s['best']['threshold']:.2f}": best})
     result = {"list": args.eval_list, "num_images": len(ids), "classes": list(names), **s}
+    if not dist.is_main():
+        return result
+    report(names, {f"thr {s['fixed']['threshold']:.2f}": fixed, f"best thr {s['best']['threshold']:.2f}": best})
     save_json(out_path(args, args.eval_out_dir) / "eval_cam.json", result)
     print(f"eval_cam: mIoU {100 * s['fixed']['miou']:.2f} at threshold {s['fixed']['threshold']:.2f}, best "
           f"{100 * s['best']['miou']:.2f} at {s['best']['threshold']:.2f} ({len(ids)} images)")

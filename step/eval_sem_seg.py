@@ -7,7 +7,8 @@ Reads ``<sem_seg_out_dir>/<id>.png`` for every id of --eval_list (values above t
 loader workers). fp = 1 - gt/union and fn = 1 - pred/union per class, printed for background and as the
 mean over the foreground classes. When make_sem_seg_labels saved its score maps (--sem_seg_save_scores),
 the background threshold is also swept over --sem_seg_eval_sweep. Writes
-``<work_dir>/eval/eval_sem_seg.json``.
+``<work_dir>/eval/eval_sem_seg.json``. Under torchrun each rank scores its share of the images, the
+confusion matrices are summed over ranks, and rank 0 prints and writes.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from misc import dist
 from misc.errors import UserError
 from misc.imutils import read_label_png
 from misc.io import save_json
@@ -39,7 +41,7 @@ class _Confusion(PerImageGT):
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Evaluate; returns the JSON dict (also written to disk)."""
+    """Evaluate; returns the JSON dict (written to disk by rank 0)."""
     ds = get_dataset(args)
     ids = load_list(args, args.eval_list)
     pred_dir = out_path(args, args.sem_seg_out_dir)
@@ -59,6 +61,8 @@ def run(args: argparse.Namespace) -> dict:
                                       "eval_sem_seg sweep")
         columns[f"best thr {s['best']['threshold']:.2f}"] = best
         result["scores"] = s
+    if not dist.is_main():
+        return result
     report(names, columns)
     print(f"eval_sem_seg: background fp {fp[0]:.3f} fn {fn[0]:.3f}; foreground mean fp {result['foreground_fp']:.3f} "
           f"fn {result['foreground_fn']:.3f}")

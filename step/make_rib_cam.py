@@ -15,24 +15,29 @@ flip-merged, every --cam_scales) of the current weights to the seed; then:
 - logit stop: |target loss| > --rib_stop_logit after an update -> stop (that update's CAM is not added).
 The seed is the sum over the executed steps, written like make_cam's (keys, stride-4 ``cam``, full-size
 ``high_res``, per-class max-normalised) to --cam_out_dir. Ids whose file exists are skipped (resume); ids
-are sharded over torchrun ranks (RANK/WORLD_SIZE) when launched that way.
+are sharded over torchrun ranks (RANK/WORLD_SIZE) when launched that way. A target's auxiliary batches and
+their augmentation are drawn from (--seed, a CRC-32 of its id), so its seed does not depend on the number
+of processes, on resuming, or on the other ids of the list.
 """
 from __future__ import annotations
 
 import argparse
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, default_collate
-from tqdm import tqdm
 
 from misc.data import ClassificationDataset, DisjointBatchSampler, MultiScaleDataset
+from misc import dist
+from misc.dist import PerItemSeed
 from misc.errors import UserError
 from misc.imutils import strided_size
 from misc.io import save_cam
-from misc.torchutils import gndp, pick_device, poly_optimizer, seed_everything, worker_init_fn
-from step.common import get_dataset, load_checkpoint, load_labels, load_list, out_path, shard, step_main
+from misc.torchutils import autocast, gndp, pick_device, poly_optimizer, seed_everything, worker_init_fn
+from step.common import (get_dataset, load_checkpoint, load_labels, load_list, out_path, pending, place, progress,
+                         say, shard, step_main)
 from step.make_cam import normalise_keep, resize_merged
 from step.train_cam import build_classifier
 
@@ -70,6 +75,7 @@ def rib_seed(model: torch.nn.Module, views: list[torch.Tensor], scales: tuple[fl
         args.rib_iters, momentum=args.cam_momentum)
     order = sorted(range(len(scales)), key=lambda i: scales[i] != 1.0)  # scale 1.0 first, for the area stop
     loss_scales = set(args.rib_loss_scales)
+    amp = autocast(label.device, args.amp)
     strided = high = 0.0
     updates = 0
     for step in range(args.rib_iters):
@@ -77,8 +83,8 @@ def rib_seed(model: torch.nn.Module, views: list[torch.Tensor], scales: tuple[fl
         pooled, stop = [], False
         for i in order:
             need_grad = scales[i] in loss_scales
-            with torch.set_grad_enabled(need_grad):
-                raw = model.raw_cam(views[i][0])  # (2, C, h, w)
+            with torch.set_grad_enabled(need_grad), amp:
+                raw = model.raw_cam(views[i][0]).float()  # (2, C, h, w)
             s, h = resize_merged(torch.relu(raw.detach())[None], size)
             strided, high = strided + s[0], high + h[0]
             if scales[i] == 1.0 and step > 0 and \
@@ -94,7 +100,9 @@ def rib_seed(model: torch.nn.Module, views: list[torch.Tensor], scales: tuple[fl
         loss = target
         if aux is not None:
             a_img, a_lab = aux["img"].to(label.device, non_blocking=True), aux["label"].to(label.device)
-            loss = loss - (gndp(model.raw_cam(a_img), a_lab, args.rib_tau) * a_lab).sum()
+            with amp:
+                a_cam = model.raw_cam(a_img).float()
+            loss = loss - (gndp(a_cam, a_lab, args.rib_tau) * a_lab).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -116,30 +124,33 @@ def run(args: argparse.Namespace) -> None:
     all_ids = load_list(args, args.train_list)
     labels = load_labels(args, ds, all_ids + pool_ids)
     out_dir = out_path(args, args.cam_out_dir)
-    ids = shard(all_ids)
-    todo = ids if args.overwrite else [i for i in ids if not (out_dir / f"{i}.npz").is_file()]
+    todo = pending(all_ids, lambda i: (out_dir / f"{i}.npz").is_file(), args.overwrite)
     if not todo:
-        print(f"make_rib_cam: all {len(ids)} seeds exist in {out_dir}")
+        say(f"make_rib_cam: all {len(all_ids)} seeds exist in {out_dir}")
         return
     if 1.0 not in args.cam_scales or not set(args.rib_loss_scales) <= set(args.cam_scales):
         raise UserError(f"--rib_loss_scales {args.rib_loss_scales}: must be among --cam_scales {args.cam_scales}, "
                         "which must hold 1.0 (the area stop looks at it)")
     model = build_classifier(args, ds.num_classes)
     load_checkpoint(model, out_path(args, args.cam_weights_name))
-    model = model.to(device).eval()  # BatchNorm on running statistics, as IRN's frozen BN
+    model = place(model, device, args.channels_last).eval()  # BatchNorm on running statistics, as IRN's frozen BN
     theta0 = {k: v.clone() for k, v in model.state_dict().items()}
 
-    targets = MultiScaleDataset(ds.image_path, todo, labels, args.cam_scales)
+    mine = shard(todo)
+    targets = MultiScaleDataset(ds.image_path, mine, labels, args.cam_scales)
     kw = dict(num_workers=args.num_workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn)
     target_loader = DataLoader(targets, batch_size=None, **kw)
     aux = ClassificationDataset(ds.image_path, pool_ids, labels, crop=args.cam_crop_size,
                                 resize_long=tuple(args.cam_resize_long))
-    sampler = DisjointBatchSampler(np.stack([labels[i] for i in pool_ids]), [labels[i] for i in todo],
-                                   args.rib_iters, args.rib_aux_batch, seed=args.seed)
-    aux_batches = iter(DataLoader(aux, batch_sampler=sampler, collate_fn=_collate_aux, **kw))
+    target_keys = [zlib.crc32(i.encode()) for i in mine]
+    sampler = DisjointBatchSampler(np.stack([labels[i] for i in pool_ids]), [labels[i] for i in mine],
+                                   args.rib_iters, args.rib_aux_batch, seed=args.seed, keys=target_keys)
+    salted = ([(args.seed, target_keys[n // args.rib_iters], n % args.rib_iters, j, i) for j, i in enumerate(b)]
+              for n, b in enumerate(sampler))  # PerItemSeed keys: augmentation fixed per target, step, slot
+    aux_batches = iter(DataLoader(PerItemSeed(aux), batch_sampler=salted, collate_fn=_collate_aux, **kw))
     steps_taken = []
-    with ThreadPoolExecutor(2) as writer, tqdm(total=len(todo), desc="make_rib_cam") as bar:
-        pending = []
+    with ThreadPoolExecutor(2) as writer, progress(total=len(mine), desc="make_rib_cam") as bar:
+        writes = []
         for item in target_loader:
             model.load_state_dict(theta0)
             label = item["label"].to(device)
@@ -148,14 +159,16 @@ def run(args: argparse.Namespace) -> None:
                                         tuple(item["size"]))
             steps_taken.append(n)
             keys = torch.nonzero(label)[:, 0]
-            pending.append(writer.submit(save_cam, out_dir / f"{item['name']}.npz", keys.cpu().numpy(),
+            writes.append(writer.submit(save_cam, out_dir / f"{item['name']}.npz", keys.cpu().numpy(),
                                          normalise_keep(strided, keys).cpu().numpy(),
                                          normalise_keep(high, keys).cpu().numpy()))
             bar.update()
-        for f in pending:
+        for f in writes:
             f.result()
-    print(f"make_rib_cam: {len(todo)} seeds -> {out_dir} (updates per image: mean {np.mean(steps_taken):.2f}, "
-          f"{np.mean(np.asarray(steps_taken) < args.rib_iters) * 100:.0f}% stopped early)")
+    images, updates, early = dist.sum_over_ranks(np.array([len(steps_taken), sum(steps_taken),
+                                                           sum(n < args.rib_iters for n in steps_taken)]))
+    say(f"make_rib_cam: {len(todo)} seeds -> {out_dir} (updates per image: mean {updates / images:.2f}, "
+        f"{early / images * 100:.0f}% stopped early)")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ pixel takes the class of its highest score, or background below --sem_seg_bg_thr
 ``<sem_seg_out_dir>/<id>.png`` (palette PNG of 0..C) and, with --sem_seg_save_scores, the normalised scores
 before the threshold to ``<sem_seg_out_dir>_scores/<id>.npz`` (the seed format of misc.io.save_cam) so
 eval_sem_seg can sweep the threshold offline. Images of one size are walked together
-(--sem_seg_batch_images); ids whose PNG exists are skipped unless --overwrite.
+(--sem_seg_batch_images); ids whose PNG exists are skipped unless --overwrite. Under torchrun each rank
+takes every W-th batch of same-size images (``step.common.bucketed_loader``). With --amp bf16 only IRNet's pass runs in bf16; the
+walk runs in fp32.
 """
 from __future__ import annotations
 
@@ -22,17 +24,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from misc.data import MultiScaleDataset
 from misc.errors import UserError
 from misc.imutils import strided_size
 from misc.io import load_cam, save_cam, save_png
 from misc.randomwalk import random_walk
-from misc.torchutils import pick_device
+from misc.torchutils import autocast, pick_device
 from net.resnet50_irn import LEGACY_BUFFER_PREFIXES, EdgeDisplacement
-from step.common import (bucketed_loader, get_dataset, load_checkpoint, load_labels, load_list, out_path,
-                         step_main)
+from step.common import (bucketed_loader, get_dataset, load_checkpoint, load_labels, load_list, out_path, pending,
+                         place, progress, say, step_main)
 
 
 class _WalkInput(MultiScaleDataset):
@@ -98,32 +99,33 @@ def run(args: argparse.Namespace) -> None:
     labels = load_labels(args, ds, ids)
     out_dir = out_path(args, args.sem_seg_out_dir)
     score_dir = out_dir.with_name(out_dir.name + "_scores")
-    todo = ids if args.overwrite else [i for i in ids if not (out_dir / f"{i}.png").is_file()]
+    todo = pending(ids, lambda i: (out_dir / f"{i}.png").is_file(), args.overwrite)
     if not todo:
-        print(f"make_sem_seg_labels: all {len(ids)} pseudo labels exist in {out_dir}")
+        say(f"make_sem_seg_labels: all {len(ids)} pseudo labels exist in {out_dir}")
         return
     model = EdgeDisplacement(args.backbone_width, tuple(args.backbone_blocks), canvas=args.irn_crop_size)
     load_checkpoint(model, out_path(args, args.irn_weights_name), drop=LEGACY_BUFFER_PREFIXES)
-    model = model.to(device).eval()
+    model = place(model, device, args.channels_last).eval()
     data = _WalkInput(ds, todo, labels, out_path(args, args.cam_out_dir))
     loader = bucketed_loader(ds, data, todo, args.sem_seg_batch_images, _collate, args.num_workers, device)
-    with torch.no_grad(), ThreadPoolExecutor(2) as writer, tqdm(total=len(todo), desc="make_sem_seg_labels") as bar:
-        pending = []
+    with torch.no_grad(), ThreadPoolExecutor(2) as writer, progress(total=sum(map(len, loader.batch_sampler)), desc="make_sem_seg_labels") as bar:
+        writes = []
         for b in loader:
-            boundary, _ = model(b["img"].to(device, non_blocking=True))
-            scores = walk_scores(b["cam"], boundary, b["size"], args.sem_seg_power, args.sem_seg_radius,
+            with autocast(device, args.amp):
+                boundary, _ = model(b["img"].to(device, non_blocking=True))
+            scores = walk_scores(b["cam"], boundary.float(), b["size"], args.sem_seg_power, args.sem_seg_radius,
                                  args.beta, args.exp_times)
             for name, keys, (small, full) in zip(b["name"], b["keys"], scores):
-                pending.append(writer.submit(save_png, out_dir / f"{name}.png",
+                writes.append(writer.submit(save_png, out_dir / f"{name}.png",
                                              label_from_scores(full, keys, args.sem_seg_bg_thres), ds.palette))
                 if args.sem_seg_save_scores:
-                    pending.append(writer.submit(save_cam, score_dir / f"{name}.npz", keys, small.cpu().numpy(),
+                    writes.append(writer.submit(save_cam, score_dir / f"{name}.npz", keys, small.cpu().numpy(),
                                                  full.cpu().numpy()))
             bar.update(len(b["name"]))
-        for f in pending:
+        for f in writes:
             f.result()
-    print(f"make_sem_seg_labels: {len(todo)} pseudo labels -> {out_dir}"
-          + (f" (scores -> {score_dir})" if args.sem_seg_save_scores else ""))
+    say(f"make_sem_seg_labels: {len(todo)} pseudo labels -> {out_dir}"
+        + (f" (scores -> {score_dir})" if args.sem_seg_save_scores else ""))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,12 @@ branch and 10x for the displacement branch. The backbone is frozen: ImageNet wei
 imagenet, IRN) or the trained classifier's backbone (--irn_init cam, the toy default, which has no
 ImageNet weights). Afterwards the mean displacement over the top-left crops of every image of
 --infer_list becomes the mean shift. Writes --irn_weights_name (default <work_dir>/sess/res50_irn.pth).
+
+Under torchrun: DistributedDataParallel with --irn_batch_size the total batch, the single-process sample
+order and augmentation (``misc.dist.RankShuffle``, ``PerItemSeed``), the loss's pair counts summed over
+ranks (so the ranks' losses add up to the whole batch's loss and the averaged gradient is its gradient;
+the branches use GroupNorm and the backbone is frozen, so DDP is exact), and the mean shift's sums
+reduced over the ranks' shares of --infer_list.
 """
 from __future__ import annotations
 
@@ -17,16 +23,18 @@ import argparse
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
+from misc import dist
 from misc.data import ClassificationDataset, SegmentationDataset
+from misc.dist import PerItemSeed, RankShuffle
 from misc.errors import UserError
 from misc.imutils import downsample_label
 from misc.indexing import PathIndex
-from misc.torchutils import loader_generator, pick_device, poly_optimizer, seed_everything, worker_init_fn
+from misc.torchutils import autocast, pick_device, poly_optimizer, seed_everything, worker_init_fn
 from net.resnet50 import load_imagenet_weights
 from net.resnet50_irn import Net, affinity_displacement_loss
-from step.common import get_dataset, load_checkpoint, load_labels, load_list, out_path, save_checkpoint, step_main
+from step.common import (distribute, get_dataset, load_checkpoint, load_labels, load_list, out_path, place, progress,
+                         rank_batch, save_checkpoint, say, shard, step_main)
 from step.train_cam import build_classifier
 
 
@@ -46,19 +54,22 @@ def build_irn(args: argparse.Namespace, num_classes: int) -> Net:
     return model
 
 
-def calibrate_mean_shift(model: Net, loader: DataLoader, device: torch.device) -> torch.Tensor:
+def calibrate_mean_shift(model: Net, loader: DataLoader, device: torch.device, amp: str = "off") -> torch.Tensor:
     """Mean displacement (dy, dx) over every image of ``loader`` (each image's mean over its whole crop,
-    padding included as in IRN, then averaged over images; no image is dropped). Stores it in
+    padding included as in IRN, then averaged over images; no image is dropped; under torchrun ``loader``
+    holds this rank's share and the sums are reduced over ranks). Stores it in
     ``model.mean_shift.running_mean`` and returns it (2,)."""
     model.eval()
     model.mean_shift.running_mean.zero_()
-    total, n = torch.zeros(2, dtype=torch.float64, device=device), 0
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # (dy sum, dx sum, images)
     with torch.no_grad():
-        for b in tqdm(loader, desc="train_irn mean shift", leave=False):
-            _, dp = model(b["img"].to(device, non_blocking=True))
-            total += dp.double().mean((2, 3)).sum(0)
-            n += dp.shape[0]
-    mean = (total / max(n, 1)).float()
+        for b in progress(loader, desc="train_irn mean shift", leave=False):
+            with autocast(device, amp):
+                _, dp = model(b["img"].to(device, non_blocking=True))
+            sums[:2] += dp.double().mean((2, 3)).sum(0)
+            sums[2] += dp.shape[0]
+    dist.all_reduce_(sums)
+    mean = (sums[:2] / sums[2].clamp_min(1)).float()
     model.mean_shift.running_mean.copy_(mean)
     return mean
 
@@ -79,42 +90,47 @@ def run(args: argparse.Namespace) -> None:
                         "run step.cam_to_ir_label first")
     if len(ids) < args.irn_batch_size:
         raise UserError(f"--train_list {args.train_list}: {len(ids)} ids, fewer than --irn_batch_size {args.irn_batch_size}")
-    train = SegmentationDataset(ds.image_path, lambda i: label_dir / f"{i}.png", ids, crop=args.irn_crop_size,
-                                rescale=tuple(args.irn_rescale))
+    batch = rank_batch(args.irn_batch_size, "--irn_batch_size")
+    train = PerItemSeed(SegmentationDataset(ds.image_path, lambda i: label_dir / f"{i}.png", ids,
+                                            crop=args.irn_crop_size, rescale=tuple(args.irn_rescale)))
     kw = dict(num_workers=args.num_workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn)
-    loader = DataLoader(train, args.irn_batch_size, shuffle=True, drop_last=True,
-                        generator=loader_generator(args.seed), persistent_workers=args.num_workers > 0, **kw)
+    sampler = RankShuffle(len(ids), args.seed)
+    loader = DataLoader(train, batch, sampler=sampler, drop_last=True, persistent_workers=args.num_workers > 0, **kw)
     side = args.irn_crop_size // 4
     index = PathIndex(args.irn_radius, (side, side)).to(device)
 
-    model = build_irn(args, ds.num_classes).to(device).train()
+    model = place(build_irn(args, ds.num_classes), device, args.channels_last).train()
     max_step = len(ids) // args.irn_batch_size * args.irn_num_epoches
     edge_params, dp_params = model.trainable_parameters()
     opt, sched = poly_optimizer(
         "sgd", [{"params": edge_params, "lr": args.irn_learning_rate, "weight_decay": args.irn_weight_decay},
                 {"params": dp_params, "lr": 10 * args.irn_learning_rate, "weight_decay": args.irn_weight_decay}],
         max_step, momentum=args.irn_momentum)
+    net, world = distribute(model, device), dist.world_size()
+    names = ("pos_aff", "neg_aff", "dp_fg", "dp_bg", "total")
     for ep in range(args.irn_num_epoches):
-        sums: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"train_irn epoch {ep + 1}/{args.irn_num_epoches}", leave=False)
+        sampler.set_epoch(ep)
+        sums = torch.zeros(len(names), dtype=torch.float64, device=device)
+        bar = progress(loader, desc=f"train_irn epoch {ep + 1}/{args.irn_num_epoches}", leave=False)
         for b in bar:
-            edge, dp = model(b["img"].to(device, non_blocking=True))
+            with autocast(device, args.amp):
+                edge, dp = net(b["img"].to(device, non_blocking=True))
             small = downsample_label(b["label"].to(device, non_blocking=True), 4)
-            losses = affinity_displacement_loss(edge, dp, small, index, ds.num_classes)
+            losses = affinity_displacement_loss(edge.float(), dp.float(), small, index, ds.num_classes,
+                                                global_counts=dist.all_reduce_)
             opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
+            (world * losses["total"]).backward()  # DDP averages over the ranks: the gradient of the sum
             opt.step()
             sched.step()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v.item()
-            bar.set_postfix(loss=f"{losses['total'].item():.4f}")
-        print(f"train_irn epoch {ep + 1}: mean " + ", ".join(f"{k} {v / len(loader):.4f}" for k, v in sums.items()),
-              flush=True)
+            sums += torch.stack([losses[k].detach() for k in names])
+            bar.set_postfix(loss=f"{world * losses['total'].item():.4f}")
+        sums = dist.all_reduce_(sums) / len(loader)  # this epoch's mean losses over the total batches
+        say(f"train_irn epoch {ep + 1}: mean " + ", ".join(f"{k} {v:.4f}" for k, v in zip(names, sums.tolist())))
 
-    infer = ClassificationDataset(ds.image_path, infer_ids, labels, crop=args.irn_crop_size, resize_long=None,
+    infer = ClassificationDataset(ds.image_path, shard(infer_ids), labels, crop=args.irn_crop_size, resize_long=None,
                                   flip=False)
-    mean = calibrate_mean_shift(model, DataLoader(infer, args.irn_batch_size, shuffle=False, **kw), device)
-    print(f"train_irn: mean shift (dy, dx) = ({mean[0]:.4f}, {mean[1]:.4f}) over {len(infer_ids)} images of --infer_list")
+    mean = calibrate_mean_shift(model, DataLoader(infer, batch, shuffle=False, **kw), device, args.amp)
+    say(f"train_irn: mean shift (dy, dx) = ({mean[0]:.4f}, {mean[1]:.4f}) over {len(infer_ids)} images of --infer_list")
     save_checkpoint(model, out_path(args, args.irn_weights_name), "IRN")
 
 

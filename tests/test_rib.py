@@ -57,7 +57,7 @@ def test_disjoint_sampler_empty_pool_gives_empty_batches():
 
 def _args(**kw) -> argparse.Namespace:
     base = dict(rib_iters=3, rib_lr=1e-3, rib_tau=0.4, rib_stop_logit=1e9, rib_area_thres=0.3, rib_area_ratio=2.0,
-                rib_loss_scales=(1.0, 1.5), cam_weight_decay=1e-4, cam_momentum=1e-4)
+                rib_loss_scales=(1.0, 1.5), cam_weight_decay=1e-4, cam_momentum=1e-4, amp="off")
     base.update(kw)
     return argparse.Namespace(**base)
 

@@ -62,10 +62,12 @@ def get_dataset(args: argparse.Namespace) -> DatasetSpec:
     ds = spec(root)
     labels = meta_dir(args) / "cls_labels.json"
     stamp = meta_dir(args) / "source.txt"
-    if not labels.is_file() or not stamp.is_file() or stamp.read_text().strip() != str(Path(root).resolve()):
+    toy = Path(root) / "toy.json"  # a regenerated toy folder (other parameters) needs new labels too
+    source = str(Path(root).resolve()) + ("\n" + toy.read_text().strip() if toy.is_file() else "")
+    if not labels.is_file() or not stamp.is_file() or stamp.read_text().strip() != source:
         derive(ds, meta_dir(args))
         with atomic_path(stamp) as tmp:
-            tmp.write_text(str(Path(root).resolve()) + "\n")
+            tmp.write_text(source + "\n")
     return ds
 
 

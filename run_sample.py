@@ -1,12 +1,14 @@
 """The whole pipeline: typed flags with IRN's defaults, and the order of the steps.
 
-    python run_sample.py                                  # built-in toy dataset, CPU-sized recipe
+    python run_sample.py                                  # built-in toy dataset (VOC), CPU-sized recipe
     python run_sample.py --voc12_root VOCdevkit/VOC2012 --pretrained_weights resnet50-0676ba61.pth
+    python run_sample.py --dataset coco14 --method rib --coco14_root data/coco2014 --pretrained_weights ...
     torchrun --nproc_per_node 8 run_sample.py --voc12_root ...   # one process per GPU (DDP, id shards)
 
 Edit the defaults below to change a run; ``python -m step.<name>`` reads the same flags and defaults.
-Without --voc12_root the toy dataset is generated and every flag in TOY_RECIPE that is not given on the
-command line takes the toy value instead of IRN's.
+Flags not given on the command line take, in this order (a later one wins): IRN's defaults below,
+DATASET_RECIPES[--dataset], METHOD_RECIPES[--method], PUBLISHED_RECIPES[(--method, --dataset)], and,
+without a dataset root (the toy dataset is then generated), TOY_RECIPE.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import sys
 import time
 from typing import Sequence
 
-from misc.cli import guarded
+from misc.cli import guarded, str2bool
+from misc.errors import UserError
 
 # CPU cores per process: torchrun starts LOCAL_WORLD_SIZE processes on this machine, and each sizes its
 # loader and CRF pools from its share.
@@ -39,38 +42,54 @@ TOY_RECIPE = dict(
     irn_learning_rate=0.3,
 )
 
-# What --method changes (flags not given on the command line). RIB (Lee et al., NeurIPS 2021): its seeds
-# replace make_cam's, and the IRN stage runs with RIB's published VOC constants; its outputs get their own
-# folders so an IRN run and a RIB run can share one work_dir (and one classifier).
+# What --dataset changes for every method (flags not given on the command line): its lists and toy
+# folder. MS COCO 2014 has train (82,783) and val (40,504) only; RIB trains, infers and evaluates on train.
+# The default work_dir is per dataset too (runs/voc12, runs/coco14; toys runs/toy, runs/toy_coco14).
+DATASET_RECIPES = {
+    "voc12": dict(),
+    "coco14": dict(train_list="train", val_list="val", infer_list="train", eval_list="train",
+                   toy_root="data/toy_coco14", toy_n_train=400),
+}
+
+# What --method changes on any dataset: RIB (Lee et al., NeurIPS 2021) seeds replace make_cam's, and its
+# outputs get their own folders so an IRN run and a RIB run can share one work_dir (and one classifier).
 METHOD_RECIPES = {
     "irn": dict(make_rib_cam_pass=False),
-    "rib": dict(make_cam_pass=False, cam_out_dir="cam_rib", cam_eval_sweep=(0.20, 0.49, 0.01), conf_fg_thres=0.35,
-                conf_bg_thres=0.17, sem_seg_bg_thres=0.27, sem_seg_power=1.3, ir_label_out_dir="ir_label_rib",
+    "rib": dict(make_cam_pass=False, cam_out_dir="cam_rib", ir_label_out_dir="ir_label_rib",
                 irn_weights_name="sess/res50_irn_rib.pth", sem_seg_out_dir="sem_seg_rib", eval_out_dir="eval_rib",
                 draw_out_dir="draw_rib"),
 }
 
-
-def str2bool(v: str) -> bool:
-    """argparse type for real booleans: true/false, yes/no, 1/0 (any case)."""
-    if v.lower() in ("true", "yes", "1", "on"):
-        return True
-    if v.lower() in ("false", "no", "0", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {v!r}")
+# The published constants of a method on a dataset (IRN's VOC ones are the defaults; IRN published no
+# COCO semantic-label recipe, so IRN on COCO keeps them). RIB: get_pseudo_gt_VOC.sh / get_pseudo_gt_COCO.sh
+# of its code (obtain_RIB_CAM[_coco].py and run_sample[_coco].py defaults). sem_seg_canvas 0: RIB's COCO
+# walk runs IRNet on the image itself (EdgeDisplacement(coco=True)), not padded to the 512 crop.
+PUBLISHED_RECIPES = {
+    ("rib", "voc12"): dict(cam_eval_sweep=(0.20, 0.49, 0.01), conf_fg_thres=0.35, conf_bg_thres=0.17,
+                           sem_seg_bg_thres=0.27, sem_seg_power=1.3),
+    ("rib", "coco14"): dict(rib_tau=0.5, rib_lr=5e-6, rib_aux_batch=15, rib_stop_logit=1000, rib_area_ratio=0.8,
+                            cam_eval_sweep=(0.10, 0.50, 0.01), conf_fg_thres=0.35, conf_bg_thres=0.17,
+                            sem_seg_bg_thres=0.22, sem_seg_power=1.3, sem_seg_canvas=0),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Every flag of every step, with IRN's defaults."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data and environment")
+    g.add_argument("--dataset", type=str, default=None, choices=tuple(DATASET_RECIPES),
+                   help="voc12 (PASCAL VOC 2012, 20 classes) or coco14 (MS COCO 2014, 80 classes); default "
+                        "coco14 when --coco14_root is given, else voc12")
     g.add_argument("--voc12_root", type=str, default=None,
                    help="VOC2012 folder (with JPEGImages/). Absent: generate and use the toy dataset")
+    g.add_argument("--coco14_root", type=str, default=None,
+                   help="COCO 2014 folder: JPEGImages/ + coco_seg_anno/ (RIB layout) or train2014/, val2014/ + "
+                        "annotations/ (official). Absent with --dataset coco14: generate and use the toy COCO")
     g.add_argument("--method", type=str, default="irn", choices=tuple(METHOD_RECIPES),
                    help="seed method: irn (make_cam, IRN's constants) or rib (make_rib_cam, RIB's constants)")
     g.add_argument("--work_dir", type=str, default=None,
-                   help="folder of every artifact of this run (default runs/voc12 or runs/toy); relative "
-                        "output paths below are inside it")
+                   help="folder of every artifact of this run (default runs/<dataset>, toy: runs/toy or "
+                        "runs/toy_coco14); relative output paths below are inside it")
     g.add_argument("--train_list", type=str, default="train_aug",
                    help="ids for train_cam/make_cam: a split name in <work_dir>/meta or a .txt path")
     g.add_argument("--val_list", type=str, default="val", help="ids for the train_cam validation loss")
@@ -88,12 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--deterministic", type=str2bool, default=False, help="ask torch for deterministic kernels")
     g.add_argument("--overwrite", type=str2bool, default=False,
                    help="make-steps recompute ids whose output exists (default: skip them, i.e. resume)")
-    g = p.add_argument_group("toy dataset (used when --voc12_root is absent)")
-    g.add_argument("--toy_root", type=str, default="data/toy_voc", help="where the toy VOC folder is written")
+    g = p.add_argument_group("toy dataset (used when the dataset's root flag is absent)")
+    g.add_argument("--toy_root", type=str, default="data/toy_voc",
+                   help="where the toy folder is written (coco14: data/toy_coco14)")
     g.add_argument("--toy_seed", type=int, default=0)
-    g.add_argument("--toy_n_train_aug", type=int, default=400, help="toy train_aug size (train_cam, make_cam)")
-    g.add_argument("--toy_n_train", type=int, default=100, help="toy train size (evaluated), first ids of train_aug")
+    g.add_argument("--toy_n_train_aug", type=int, default=400, help="toy VOC train_aug size (train_cam, make_cam)")
+    g.add_argument("--toy_n_train", type=int, default=100,
+                   help="toy train size: VOC the evaluated first ids of train_aug; COCO (400) all of train")
     g.add_argument("--toy_n_val", type=int, default=100)
+    g.add_argument("--toy_classes", type=int, default=80,
+                   help="toy COCO: objects are drawn from this many of the 80 classes (spread over the ids)")
     g.add_argument("--toy_size", type=int, default=128, help="long side of toy images, pixels")
     g = p.add_argument_group("classifier (train_cam)")
     g.add_argument("--recipe", type=str, default="irn", choices=("irn", "scratch"),
@@ -164,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sem_seg_power", type=float, default=1.0, help="seeds are raised to this power (IRN 1, RIB 1.3)")
     g.add_argument("--sem_seg_bg_thres", type=float, default=0.25, help="background score after global max normalisation")
     g.add_argument("--sem_seg_batch_images", type=int, default=8, help="same-size images walked together")
+    g.add_argument("--sem_seg_canvas", type=int, default=None,
+                   help="IRNet inference pads images to at least this side (default --irn_crop_size, as IRN); "
+                        "0 pads only to a multiple of 16 (RIB's COCO)")
     g.add_argument("--sem_seg_save_scores", type=str2bool, default=False,
                    help="also save the scores before the threshold to <sem_seg_out_dir>_scores/")
     g.add_argument("--sem_seg_eval_sweep", type=float, nargs=3, default=(0.05, 0.60, 0.01), metavar=("LO", "HI", "STEP"),
@@ -179,22 +205,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve(args: argparse.Namespace, explicit: set[str]) -> argparse.Namespace:
-    """Apply METHOD_RECIPES[--method], then TOY_RECIPE when there is no --voc12_root, to the flags not in
-    ``explicit``; fill work_dir."""
-    args.toy = args.voc12_root is None
-    recipe = dict(METHOD_RECIPES[args.method])
+    """Fill the flags not in ``explicit`` from DATASET_RECIPES, METHOD_RECIPES, PUBLISHED_RECIPES and (toy)
+    TOY_RECIPE, a later table winning over an earlier one; fill dataset, toy and work_dir."""
+    if args.dataset is None:
+        args.dataset = "coco14" if args.coco14_root is not None else "voc12"
+    other = "coco14_root" if args.dataset == "voc12" else "voc12_root"
+    if getattr(args, other) is not None:
+        raise UserError(f"--{other} {getattr(args, other)}: does not fit --dataset {args.dataset}; pass "
+                        f"--{args.dataset}_root instead (or --dataset {other[:-5]})")
+    args.toy = getattr(args, f"{args.dataset}_root") is None
+    recipe = dict(DATASET_RECIPES[args.dataset])
+    recipe.update(METHOD_RECIPES[args.method])
+    recipe.update(PUBLISHED_RECIPES.get((args.method, args.dataset), {}))
     if args.toy:
         recipe.update(TOY_RECIPE)
     for k, v in recipe.items():
         if k not in explicit:
             setattr(args, k, v)
     if args.work_dir is None:
-        args.work_dir = os.path.join("runs", "toy" if args.toy else "voc12")
+        toy_dir = "toy" if args.dataset == "voc12" else f"toy_{args.dataset}"
+        args.work_dir = os.path.join("runs", toy_dir if args.toy else args.dataset)
     return args
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse flags, then resolve the toy recipe. Returns the namespace every step's run(args) takes."""
+    """Parse flags, then resolve the recipes (``resolve``). Returns the namespace every step's run(args) takes."""
     parser = build_parser()
     args = parser.parse_args(argv)
     probe = argparse.ArgumentParser(add_help=False)  # which flags were typed: parse with no defaults

@@ -1,6 +1,7 @@
-"""Entry-point wrapper: a UserError becomes one line on stderr and exit status 2."""
+"""Entry-point helpers: a UserError becomes one line on stderr and exit status 2; boolean flags."""
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable
 
@@ -20,3 +21,12 @@ def guarded(fn: Callable[[], object]) -> None:
         prefix = f"{UserError.__module__}.{UserError.__qualname__}: "
         print(f"error: {msg[len(prefix):] if msg.startswith(prefix) else msg}", file=sys.stderr)
         sys.exit(2)
+
+
+def str2bool(v: str) -> bool:
+    """argparse type for real booleans: true/false, yes/no, 1/0 (any case)."""
+    if v.lower() in ("true", "yes", "1", "on"):
+        return True
+    if v.lower() in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {v!r}")

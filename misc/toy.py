@@ -8,10 +8,19 @@ cluttered with muted shapes, lines and noise. GT masks carry a 255 band on every
 """
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
 import numpy as np
 from PIL import Image, ImageDraw
 
 IGNORE = 255
+
+# (short side / long side) choices: a few distinct image shapes, as real datasets have a few dominant sizes
+_ASPECTS = (1.0, 0.875, 0.75)
 
 
 _HEAD_COLORS = np.array([(230, 30, 30), (30, 200, 40), (40, 70, 240), (240, 220, 30),
@@ -66,19 +75,45 @@ def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     return out + rng.normal(0, 0.04, (h, w, 3)).astype(np.float32)
 
 
+def scene_shape(rng: np.random.Generator, size: int) -> tuple[int, int]:
+    """(H, W) of the next toy image: long side ``size``, short side one of three aspect ratios, landscape
+    with probability 0.6."""
+    short = int(round(size * _ASPECTS[rng.integers(len(_ASPECTS))]))
+    return (short, size) if rng.random() < 0.6 else (size, short)
+
+
+def generate_once(root: str | Path, params: dict, fill: Callable[[Path], None]) -> Path:
+    """Build a generated dataset folder once: ``fill(tmp)`` writes it into a temporary sibling folder,
+    which then replaces ``root`` with ``params`` stamped in ``toy.json``. A folder already stamped with
+    the same ``params`` is reused as is. Returns ``root``."""
+    root = Path(root)
+    stamp = root / "toy.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == params:
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
+    fill(tmp)
+    (tmp / "toy.json").write_text(json.dumps(params) + "\n")
+    if root.exists():
+        shutil.rmtree(root)
+    tmp.rename(root)
+    return root
+
+
 def render_scene(rng: np.random.Generator, num_classes: int, size: tuple[int, int], max_objects: int = 3,
-                 band: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one toy scene of (H, W) = size with 1..max_objects non-overlapping objects.
+                 band: int = 1, min_objects: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one toy scene of (H, W) = size with min_objects..max_objects non-overlapping objects (0 gives
+    a background-only scene).
 
     Returns (image uint8 (H, W, 3), mask uint8 (H, W)) where the mask holds 0 for background, c+1 for
-    class c, and 255 on a band of ``band`` pixels each side of every region border.
+    class c, and 255 on a band of ``band`` pixels each side of every region border (``band`` 0: none).
     """
     h, w = size
     img = _background(h, w, rng)
     mask = np.zeros((h, w), np.uint8)
     n_colors, _ = class_design(num_classes)
     colors = _HEAD_COLORS[:n_colors].astype(np.float32) / 255.0
-    n_obj = int(rng.integers(1, max_objects + 1))
+    n_obj = int(rng.integers(min_objects, max_objects + 1))
     placed: list[tuple[float, float, float]] = []
     first_cls = None
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)

@@ -21,7 +21,7 @@ class Net(nn.Module):
     ``recipe='scratch'``: ordinary BatchNorm and every stage trained (random initialisation).
     """
 
-    def __init__(self, num_classes: int = 20, recipe: str = "irn", width: int = 64,
+    def __init__(self, num_classes: int, recipe: str = "irn", width: int = 64,
                  blocks: tuple[int, int, int, int] = (3, 4, 6, 3)):
         super().__init__()
         if recipe not in ("irn", "scratch"):

@@ -25,7 +25,7 @@ from misc.errors import UserError
 from misc.imutils import read_image, read_label_png
 from misc.io import load_cam, save_json, save_png
 from misc.metrics import confusion_matrix
-from step.common import get_dataset, load_list, out_path, pending, progress, say, shard, step_main
+from step.common import PerImageGT, accumulate, get_dataset, load_list, out_path, pending, progress, say, shard, step_main
 
 
 def confident_labels(img: np.ndarray, high_res: np.ndarray, keys: np.ndarray, fg_thres: float, bg_thres: float,
@@ -33,6 +33,8 @@ def confident_labels(img: np.ndarray, high_res: np.ndarray, keys: np.ndarray, fg
     """IR label of one image. img uint8 (H, W, 3); high_res (K, H, W) max-normalised seeds; keys (K,)
     0-based classes; ``crf`` overrides crf_inference_label's settings. Returns uint8 (H, W) with values in
     {0, keys+1, 255}."""
+    if len(keys) == 0:  # an image without classes: all confident background (a 1-label CRF is undefined)
+        return np.zeros(img.shape[:2], np.uint8)
     lut = np.concatenate([[0], np.asarray(keys, np.int64) + 1]).astype(np.uint8)
 
     def one_pass(thres: float) -> np.ndarray:
@@ -57,23 +59,31 @@ def _work(img_id: str, image_path: Path, cam_dir: Path, out_dir: Path, fg: float
     return img_id
 
 
-def ir_label_quality(ds, ids: list[str], label_dir: Path) -> dict[str, float]:
-    """Precision and recall of the confident regions of the IR labels of ``ids`` against the GT masks (under
-    torchrun each rank scores its shard and the confusion is summed over ranks; every rank gets the result).
+class _IRConfusion(PerImageGT):
+    """Per image: the confusion of its GT (rows 0..C) with its IR label (columns 0..C, unsure as C+1)."""
+
+    def __init__(self, ds, ids: list[str], label_dir: Path):
+        super().__init__(ds, ids)
+        self.label_dir = label_dir
+
+    def score(self, img_id: str, gt: np.ndarray) -> np.ndarray:
+        n = self.ds.num_classes + 2
+        lab = read_label_png(self.label_dir / f"{img_id}.png").astype(np.int64)
+        lab[lab == 255] = n - 1
+        return confusion_matrix(gt, lab, n)
+
+
+def ir_label_quality(ds, ids: list[str], label_dir: Path, num_workers: int = 0) -> dict[str, float]:
+    """Precision and recall of the confident regions of the IR labels of ``ids`` against the GT masks
+    (one confusion matrix accumulated in ``num_workers`` loader processes; under torchrun each rank scores
+    its share and the sums are added, every rank gets the result).
 
     Returns {'fg_precision', 'fg_recall', 'bg_precision', 'bg_recall', 'unsure'}: foreground precision is
     the share of pixels labelled with a class whose GT is that class; recall the share of GT foreground
     (background) pixels labelled correctly; 'unsure' the share of pixels labelled 255. GT 255 is ignored.
     """
     n = ds.num_classes + 2  # 0..C and 'unsure' as C+1
-    conf = np.zeros((n, n), np.int64)
-    for img_id in shard(ids):
-        p = ds.gt_path(img_id)
-        gt = ds.check_mask(read_label_png(p), p)
-        lab = read_label_png(label_dir / f"{img_id}.png").astype(np.int64)
-        lab[lab == 255] = n - 1
-        conf = conf + confusion_matrix(gt, lab, n)
-    conf = dist.sum_over_ranks(conf)
+    conf = accumulate(_IRConfusion(ds, ids, label_dir), "IR label quality", num_workers)
     tp = np.diag(conf)[:n - 1]
     return {"fg_precision": float(tp[1:].sum() / max(conf[:, 1:n - 1].sum(), 1)),
             "fg_recall": float(tp[1:].sum() / max(conf[1:n - 1].sum(), 1)),
@@ -106,7 +116,7 @@ def run(args: argparse.Namespace) -> None:
     dist.barrier()  # every rank's labels are written before any rank scores them
     scored = [i for i in load_list(args, args.eval_list) if (out_dir / f"{i}.png").is_file()]
     if scored:
-        q = ir_label_quality(ds, scored, out_dir)
+        q = ir_label_quality(ds, scored, out_dir, args.num_workers)
         if dist.is_main():
             save_json(out_path(args, args.eval_out_dir) / "eval_ir_label.json", {"num_images": len(scored), **q})
         say("cam_to_ir_label on {} images of --eval_list: fg precision {:.1f}, fg recall {:.1f}, bg precision "

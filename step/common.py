@@ -15,15 +15,23 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from coco14.dataloader import COCO14
+from coco14.make_cls_labels import make_cls_labels as coco14_cls_labels
+from coco14.toy import write_toy_coco
 from misc import dist
 from misc.data import SizeBucketSampler
+from misc.datasets import DatasetSpec
 from misc.errors import UserError
-from misc.imutils import image_size, read_label_png
+from misc.imutils import image_size
 from misc.io import atomic_path, load_cls_labels, read_id_list, save_json
 from misc.torchutils import pick_device
 from voc12.dataloader import VOC12
-from voc12.make_cls_labels import make_cls_labels
+from voc12.make_cls_labels import make_cls_labels as voc12_cls_labels
 from voc12.toy import write_toy_voc
+
+# --dataset -> (spec class, label and list derivation)
+DATASETS: dict[str, tuple[Callable[[Path], DatasetSpec], Callable[[DatasetSpec, Path], dict]]] = {
+    "voc12": (VOC12, voc12_cls_labels), "coco14": (COCO14, coco14_cls_labels)}
 
 
 def out_path(args: argparse.Namespace, name: str) -> Path:
@@ -37,19 +45,34 @@ def meta_dir(args: argparse.Namespace) -> Path:
     return Path(args.work_dir) / "meta"
 
 
-def get_dataset(args: argparse.Namespace) -> VOC12:
-    """The dataset of this run; generates the toy folder and derives labels and lists when missing (under
-    torchrun rank 0 does that while the other ranks wait, then they find everything in place)."""
+def dataset_root(args: argparse.Namespace) -> Path:
+    """The run's dataset folder: --voc12_root / --coco14_root, or the toy folder of --dataset (generated
+    when missing: VOC layout with train_aug/train/val, COCO's official layout with train/val)."""
+    if not args.toy:
+        return Path(args.voc12_root if args.dataset == "voc12" else args.coco14_root)
+    if args.dataset == "coco14":
+        return write_toy_coco(args.toy_root, args.toy_seed, args.toy_n_train, args.toy_n_val, args.toy_size,
+                              args.toy_classes)
+    return write_toy_voc(args.toy_root, args.toy_seed, args.toy_n_train_aug, args.toy_n_train, args.toy_n_val,
+                         args.toy_size)
+
+
+def get_dataset(args: argparse.Namespace) -> DatasetSpec:
+    """The dataset of this run (--dataset); generates the toy folder and derives labels and lists into
+    ``<work_dir>/meta`` when missing or derived from another folder (under torchrun rank 0 does that while
+    the other ranks wait, then they find everything in place)."""
     with dist.main_first():
-        root = write_toy_voc(args.toy_root, args.toy_seed, args.toy_n_train_aug, args.toy_n_train,
-                             args.toy_n_val, args.toy_size) if args.toy else args.voc12_root
-        ds = VOC12(root)
+        root = dataset_root(args)
+        spec, derive = DATASETS[args.dataset]
+        ds = spec(root)
         labels = meta_dir(args) / "cls_labels.json"
         stamp = meta_dir(args) / "source.txt"
-        if not labels.is_file() or not stamp.is_file() or stamp.read_text().strip() != str(Path(root).resolve()):
-            make_cls_labels(ds, meta_dir(args))
+        toy = Path(root) / "toy.json"  # a regenerated toy folder (other parameters) needs new labels too
+        source = str(Path(root).resolve()) + ("\n" + toy.read_text().strip() if toy.is_file() else "")
+        if not labels.is_file() or not stamp.is_file() or stamp.read_text().strip() != source:
+            derive(ds, meta_dir(args))
             with atomic_path(stamp) as tmp:
-                tmp.write_text(str(Path(root).resolve()) + "\n")
+                tmp.write_text(source + "\n")
     return ds
 
 
@@ -113,7 +136,7 @@ def distribute(model: torch.nn.Module, device: torch.device, sync_bn: bool = Fal
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def load_labels(args: argparse.Namespace, ds: VOC12, ids: list[str]) -> dict[str, np.ndarray]:
+def load_labels(args: argparse.Namespace, ds: DatasetSpec, ids: list[str]) -> dict[str, np.ndarray]:
     """Image-level labels {id: float32 (C,)} of the run, checked to cover ``ids``."""
     path = meta_dir(args) / "cls_labels.json"
     labels = load_cls_labels(path, ds.num_classes)
@@ -155,7 +178,7 @@ def save_checkpoint(model: torch.nn.Module, path: Path, what: str) -> None:
     print(f"{what} -> {path}")
 
 
-def bucketed_loader(ds: VOC12, data: Dataset, ids: list[str], batch_images: int, collate: Callable,
+def bucketed_loader(ds: DatasetSpec, data: Dataset, ids: list[str], batch_images: int, collate: Callable,
                     num_workers: int, device: torch.device) -> DataLoader:
     """A DataLoader over ``data`` (item i = image ids[i]) whose batches hold up to ``batch_images`` images of
     one size (misc.data.SizeBucketSampler), collated by ``collate``. Under torchrun rank r takes batches
@@ -171,15 +194,14 @@ class PerImageGT(Dataset):
     """Base of the streaming evaluators: item i = ``score(id, gt)`` of image ids[i], with gt its checked
     uint8 GT mask (H, W); subclasses define ``score`` (returning an array to be summed over images)."""
 
-    def __init__(self, ds: VOC12, ids: list[str]):
+    def __init__(self, ds: DatasetSpec, ids: list[str]):
         self.ds, self.ids = ds, list(ids)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        p = self.ds.gt_path(self.ids[i])
-        return self.score(self.ids[i], self.ds.check_mask(read_label_png(p), p))
+        return self.score(self.ids[i], self.ds.read_gt(self.ids[i]))
 
     def score(self, img_id: str, gt: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -3,7 +3,8 @@
     python -m step.make_sem_seg_labels [flags of run_sample.py]
 
 For every id of --infer_list: the boundary map B (mean of the image's and its flip's logits, sigmoid) at
-stride 4; each class seed (the stride-4 ``cam`` of the seed file, raised to --sem_seg_power, IRN 1) is
+stride 4 (images zero-padded bottom/right to at least --sem_seg_canvas, default --irn_crop_size as IRN, and to
+a multiple of 16); each class seed (the stride-4 ``cam`` of the seed file, raised to --sem_seg_power, IRN 1) is
 attenuated to cam ⊙ (1 - B) and walked 2^--exp_times steps over the affinities (1 - max B on the path)^--beta
 of all pixel pairs within --sem_seg_radius (``misc.randomwalk.random_walk``: a stencil on the device,
 never the n x n matrix, any image size). The result is upsampled x4, divided by its global max, and each
@@ -103,7 +104,8 @@ def run(args: argparse.Namespace) -> None:
     if not todo:
         say(f"make_sem_seg_labels: all {len(ids)} pseudo labels exist in {out_dir}")
         return
-    model = EdgeDisplacement(args.backbone_width, tuple(args.backbone_blocks), canvas=args.irn_crop_size)
+    canvas = args.irn_crop_size if args.sem_seg_canvas is None else args.sem_seg_canvas
+    model = EdgeDisplacement(args.backbone_width, tuple(args.backbone_blocks), canvas=canvas)
     load_checkpoint(model, out_path(args, args.irn_weights_name), drop=LEGACY_BUFFER_PREFIXES)
     model = place(model, device, args.channels_last).eval()
     data = _WalkInput(ds, todo, labels, out_path(args, args.cam_out_dir))

@@ -3,28 +3,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
+from misc.datasets import DatasetSpec
 from misc.errors import UserError
-from misc.imutils import color_palette
 
 CLASS_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
                "train", "tvmonitor")
-IGNORE = 255
 
 
-class VOC12:
-    """Where VOC-format files live under ``root``, plus the class spec.
-
-    Class c (0-based, as in image-level labels and seed ``keys``) is label value c+1 in masks; 0 is
-    background and 255 is ignore. ``num_classes`` counts foreground classes only.
-    """
+class VOC12(DatasetSpec):
+    """Where VOC-format files live under ``root``, plus the class spec (misc.datasets.DatasetSpec: class c
+    is mask value c+1, 0 background, 255 ignore)."""
 
     name = "voc12"
     class_names = CLASS_NAMES
     num_classes = len(CLASS_NAMES)
-    palette = color_palette(256)
+    gt_hint = "check --voc12_root (SegmentationClass/ or SegmentationClassAug/ must hold it)"
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -44,11 +38,3 @@ class VOC12:
             return p
         aug = self.root / "SegmentationClassAug" / f"{img_id}.png"
         return aug if aug.is_file() else p
-
-    def check_mask(self, mask: np.ndarray, path: Path) -> np.ndarray:
-        """Raise a UserError naming ``path`` if the mask holds a value other than 0..C or 255; return it."""
-        bad = (mask > self.num_classes) & (mask != IGNORE)
-        if bad.any():
-            raise UserError(f"{path}: label value {int(mask[bad].max())} outside 0..{self.num_classes} and 255; "
-                            f"this is not a {self.name} class-index mask")
-        return mask

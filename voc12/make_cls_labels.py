@@ -16,11 +16,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 from tqdm import tqdm
 
+from misc.datasets import labels_from_mask
 from misc.errors import UserError
-from misc.imutils import read_label_png
 from misc.io import read_id_list, save_json, write_id_list
 from voc12.dataloader import VOC12
 
@@ -34,12 +33,6 @@ def labels_from_xml(path: Path, class_names: Sequence[str]) -> list[int]:
     index = {n: i for i, n in enumerate(class_names)}
     names = {(o.findtext("name") or "").strip() for o in root.iter("object")}
     return sorted(index[n] for n in names if n in index)
-
-
-def labels_from_mask(mask: np.ndarray) -> list[int]:
-    """Sorted 0-based classes present in a class-index mask (values 1..C; 0 and 255 are not classes)."""
-    vals = np.unique(mask)
-    return [int(v) - 1 for v in vals if 0 < v < 255]
 
 
 def make_cls_labels(ds: VOC12, out_dir: str | Path) -> dict[str, list[int]]:
@@ -59,8 +52,7 @@ def make_cls_labels(ds: VOC12, out_dir: str | Path) -> dict[str, list[int]]:
         if img_id in xml_ids:
             labels[img_id] = labels_from_xml(ann / f"{img_id}.xml", ds.class_names)
         else:
-            p = ds.gt_path(img_id)
-            labels[img_id] = labels_from_mask(ds.check_mask(read_label_png(p), p))
+            labels[img_id] = labels_from_mask(ds.read_gt(img_id))
     save_json(out_dir / "cls_labels.json", labels)
 
     sets = ds.root / "ImageSets" / "Segmentation"

@@ -10,9 +10,6 @@ Deterministic from the seed; an existing folder with the same parameters is reus
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -21,11 +18,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from misc.io import save_png, write_id_list
-from misc.toy import render_scene
+from misc.toy import generate_once, render_scene, scene_shape
 from voc12.dataloader import CLASS_NAMES, VOC12
-
-# (short side / long side) choices: a few distinct image shapes, as VOC has a few dominant sizes
-_ASPECTS = (1.0, 0.875, 0.75)
 
 
 def _xml(img_id: str, size: tuple[int, int], mask: np.ndarray) -> str:
@@ -43,36 +37,27 @@ def _xml(img_id: str, size: tuple[int, int], mask: np.ndarray) -> str:
 def write_toy_voc(root: str | Path, seed: int = 0, n_train_aug: int = 400, n_train: int = 100,
                   n_val: int = 100, size: int = 128) -> Path:
     """Generate (or reuse) the toy VOC folder at ``root``. ``size`` is the long side in pixels. Returns root."""
-    root = Path(root)
     params = dict(seed=seed, n_train_aug=n_train_aug, n_train=n_train, n_val=n_val, size=size, version=1)
-    stamp = root / "toy.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == params:
-        return root
     if n_train > n_train_aug:
         raise ValueError("n_train must not exceed n_train_aug")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
-    rng = np.random.default_rng(seed)
-    ids = [f"toy_{i:06d}" for i in range(n_train_aug + n_val)]
-    pal = VOC12.palette
-    for img_id in tqdm(ids, desc="toy dataset", leave=False):
-        short = int(round(size * _ASPECTS[rng.integers(len(_ASPECTS))]))
-        hw = (short, size) if rng.random() < 0.6 else (size, short)
-        img, mask = render_scene(rng, len(CLASS_NAMES), hw)
-        (tmp / "JPEGImages").mkdir(exist_ok=True)
-        Image.fromarray(img).save(tmp / "JPEGImages" / f"{img_id}.jpg", quality=92)
-        for d in ("SegmentationClass", "SegmentationClassAug"):
-            save_png(tmp / d / f"{img_id}.png", mask, pal)
-        (tmp / "Annotations").mkdir(exist_ok=True)
-        (tmp / "Annotations" / f"{img_id}.xml").write_text(_xml(img_id, hw, mask))
-    sets = tmp / "ImageSets" / "Segmentation"
-    write_id_list(sets / "train.txt", ids[:n_train])
-    write_id_list(sets / "val.txt", ids[n_train_aug:])
-    (tmp / "toy.json").write_text(json.dumps(params) + "\n")
-    if root.exists():
-        shutil.rmtree(root)
-    tmp.rename(root)
-    return root
+
+    def fill(tmp: Path) -> None:
+        rng = np.random.default_rng(seed)
+        ids = [f"toy_{i:06d}" for i in range(n_train_aug + n_val)]
+        for img_id in tqdm(ids, desc="toy dataset", leave=False):
+            hw = scene_shape(rng, size)
+            img, mask = render_scene(rng, len(CLASS_NAMES), hw)
+            (tmp / "JPEGImages").mkdir(exist_ok=True)
+            Image.fromarray(img).save(tmp / "JPEGImages" / f"{img_id}.jpg", quality=92)
+            for d in ("SegmentationClass", "SegmentationClassAug"):
+                save_png(tmp / d / f"{img_id}.png", mask, VOC12.palette)
+            (tmp / "Annotations").mkdir(exist_ok=True)
+            (tmp / "Annotations" / f"{img_id}.xml").write_text(_xml(img_id, hw, mask))
+        sets = tmp / "ImageSets" / "Segmentation"
+        write_id_list(sets / "train.txt", ids[:n_train])
+        write_id_list(sets / "val.txt", ids[n_train_aug:])
+
+    return generate_once(root, params, fill)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -9,6 +9,8 @@ if [ $# -lt 2 ]; then
   echo "usage: bash get_pseudo_gt_VOC.sh VOC2012_ROOT IMAGENET_RESNET50_PTH [run_sample.py flags]" >&2
   exit 2
 fi
-root=$1; weights=$2; shift 2
+root=$(cd "$1" 2>/dev/null && pwd) || { echo "error: $1: VOC2012 root not found" >&2; exit 2; }
+weights=$2; shift 2
+case $weights in /*) ;; *) weights=$PWD/$weights ;; esac
 cd "$(dirname "$0")"
 python run_sample.py --voc12_root "$root" --pretrained_weights "$weights" --work_dir runs/voc12 "$@"

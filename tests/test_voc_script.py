@@ -20,12 +20,14 @@ def test_voc_script_runs_irn_recipe(mini_voc, tmp_path):
     torch.save(torchvision.models.resnet50().state_dict(), weights)  # stands in for the ImageNet file
     work = tmp_path / "work"
     env = dict(os.environ, TQDM_DISABLE="1", PYTHONWARNINGS="ignore", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    # root and weights relative to the caller's folder: the script resolves them before changing directory
     r = subprocess.run(
-        ["bash", str(ROOT / "get_pseudo_gt_VOC.sh"), str(mini_voc), str(weights), "--work_dir", str(work),
+        ["bash", str(ROOT / "get_pseudo_gt_VOC.sh"), os.path.relpath(mini_voc, tmp_path), weights.name,
+         "--work_dir", str(work),
          "--cam_crop_size", "96", "--cam_resize_long", "80", "112", "--cam_batch_size", "8", "--cam_num_epoches", "1",
          "--cam_scales", "1.0", "0.5", "--irn_crop_size", "96", "--irn_batch_size", "8", "--irn_num_epoches", "1",
          "--num_workers", "0", "--crf_num_workers", "1", "--crf_iters", "2", "--draw_num", "1"],
-        capture_output=True, text=True, env=env, timeout=600)
+        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     cfg = json.loads((work / "config.run_sample.json").read_text())["args"]
     assert cfg["recipe"] == "irn" and cfg["irn_init"] == "imagenet" and cfg["backbone_width"] == 64

@@ -3,6 +3,7 @@ the torchrun pieces (id shards, rank-0 output, DDP wrapping)."""
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -176,6 +177,54 @@ def save_checkpoint(model: torch.nn.Module, path: Path, what: str) -> None:
     with atomic_path(path) as tmp:
         torch.save(model.state_dict(), tmp)
     print(f"{what} -> {path}")
+
+
+class EpochResume:
+    """Epoch-level resume state of a training step, in ``<weights>.resume`` beside the final weights: the
+    model, optimiser and scheduler state after the last finished epoch, that epoch count, and the flags of
+    the run. Rank 0 writes it atomically after every epoch and removes it once the final weights are saved.
+    A restarted run with the same flags continues from it (sample order and augmentation are seeded per
+    epoch and item, so the result equals an uninterrupted run's); with other flags it starts over."""
+
+    _VOLATILE = ("num_workers", "crf_num_workers", "device", "overwrite", "work_dir")
+
+    def __init__(self, args: argparse.Namespace, weights: Path):
+        self.path = weights.with_name(weights.name + ".resume")
+        flags = {k: v for k, v in vars(args).items() if k not in self._VOLATILE and not k.endswith("_pass")}
+        self.flags = json.loads(json.dumps(flags, default=str))
+
+    def load(self, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: object) -> int:
+        """Restore the saved state into ``model``, ``opt`` and ``sched`` when it fits this run. Returns the
+        number of epochs already done (0: start from the beginning)."""
+        if not self.path.is_file():
+            return 0
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a torn or foreign file: training from the start is always correct
+            say(f"{self.path}: unreadable resume state ({type(e).__name__}); starting over")
+            return 0
+        if state.get("flags") != self.flags:
+            changed = sorted(k for k in set(self.flags) | set(state.get("flags", {}))
+                             if self.flags.get(k) != state.get("flags", {}).get(k))
+            say(f"{self.path}: flags changed since the interrupted run ({', '.join(changed[:5])}); starting over")
+            return 0
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        say(f"{self.path}: resuming after epoch {state['epoch']}")
+        return int(state["epoch"])
+
+    def save(self, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: object, epoch: int) -> None:
+        """Record the state after ``epoch`` finished epochs (rank 0, atomic)."""
+        if dist.is_main():
+            with atomic_path(self.path) as tmp:
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(), "epoch": epoch, "flags": self.flags}, tmp)
+
+    def clear(self) -> None:
+        """Remove the resume state (rank 0), once the final weights are written."""
+        if dist.is_main():
+            self.path.unlink(missing_ok=True)
 
 
 def bucketed_loader(ds: DatasetSpec, data: Dataset, ids: list[str], batch_images: int, collate: Callable,

@@ -25,7 +25,7 @@ from misc.dist import PerItemSeed, RankShuffle
 from misc.errors import UserError
 from misc.torchutils import autocast, pick_device, poly_optimizer, seed_everything, worker_init_fn
 from net.resnet50 import load_imagenet_weights
-from step.common import (distribute, get_dataset, load_labels, load_list, out_path, place, progress, rank_batch,
+from step.common import (EpochResume, distribute, get_dataset, load_labels, load_list, out_path, place, progress, rank_batch,
                          save_checkpoint, say, shard, step_main)
 
 
@@ -53,7 +53,8 @@ def _val_loss(model: torch.nn.Module, loader: DataLoader, device: torch.device, 
 
 
 def run(args: argparse.Namespace) -> None:
-    """Train, print the validation loss after every epoch, save the weights atomically."""
+    """Train (resuming after the last finished epoch of an interrupted run with the same flags), print the
+    validation loss after every epoch, save the weights atomically."""
     seed_everything(args.seed, args.deterministic)
     device = pick_device(args.device)
     ds = get_dataset(args)
@@ -86,8 +87,11 @@ def run(args: argparse.Namespace) -> None:
         [{"params": bb, "lr": args.cam_learning_rate, "weight_decay": args.cam_weight_decay},
          {"params": head, "lr": 10 * args.cam_learning_rate, "weight_decay": args.cam_weight_decay}],
         max_step, momentum=args.cam_momentum)
+    weights = out_path(args, args.cam_weights_name)
+    resume = EpochResume(args, weights)
+    start = resume.load(model, opt, sched)
     net = distribute(model, device, sync_bn=args.recipe == "scratch")
-    for ep in range(args.cam_num_epoches):
+    for ep in range(start, args.cam_num_epoches):
         sampler.set_epoch(ep)
         bar = progress(train_loader, desc=f"train_cam epoch {ep + 1}/{args.cam_num_epoches}", leave=False)
         for b in bar:
@@ -101,7 +105,9 @@ def run(args: argparse.Namespace) -> None:
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{opt.param_groups[0]['lr']:.4f}")
         last = dist.all_reduce_(loss.detach().clone()).item() / dist.world_size()  # the total batch's mean
         say(f"train_cam epoch {ep + 1}: last loss {last:.4f}, val loss {_val_loss(model, val_loader, device, args.amp):.4f}")
-    save_checkpoint(model, out_path(args, args.cam_weights_name), "classifier")
+        resume.save(model, opt, sched, ep + 1)
+    save_checkpoint(model, weights, "classifier")
+    resume.clear()
 
 
 if __name__ == "__main__":

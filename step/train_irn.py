@@ -33,8 +33,8 @@ from misc.indexing import PathIndex
 from misc.torchutils import autocast, pick_device, poly_optimizer, seed_everything, worker_init_fn
 from net.resnet50 import load_imagenet_weights
 from net.resnet50_irn import Net, affinity_displacement_loss
-from step.common import (distribute, get_dataset, load_checkpoint, load_labels, load_list, out_path, place, progress,
-                         rank_batch, save_checkpoint, say, shard, step_main)
+from step.common import (EpochResume, distribute, get_dataset, load_checkpoint, load_labels, load_list, out_path,
+                         place, progress, rank_batch, save_checkpoint, say, shard, step_main)
 from step.train_cam import build_classifier
 
 
@@ -75,7 +75,8 @@ def calibrate_mean_shift(model: Net, loader: DataLoader, device: torch.device, a
 
 
 def run(args: argparse.Namespace) -> None:
-    """Train, calibrate, save atomically."""
+    """Train (resuming after the last finished epoch of an interrupted run with the same flags), calibrate,
+    save atomically."""
     seed_everything(args.seed, args.deterministic)
     device = pick_device(args.device)
     ds = get_dataset(args)
@@ -106,9 +107,12 @@ def run(args: argparse.Namespace) -> None:
         "sgd", [{"params": edge_params, "lr": args.irn_learning_rate, "weight_decay": args.irn_weight_decay},
                 {"params": dp_params, "lr": 10 * args.irn_learning_rate, "weight_decay": args.irn_weight_decay}],
         max_step, momentum=args.irn_momentum)
+    weights = out_path(args, args.irn_weights_name)
+    resume = EpochResume(args, weights)
+    start = resume.load(model, opt, sched)
     net, world = distribute(model, device), dist.world_size()
     names = ("pos_aff", "neg_aff", "dp_fg", "dp_bg", "total")
-    for ep in range(args.irn_num_epoches):
+    for ep in range(start, args.irn_num_epoches):
         sampler.set_epoch(ep)
         sums = torch.zeros(len(names), dtype=torch.float64, device=device)
         bar = progress(loader, desc=f"train_irn epoch {ep + 1}/{args.irn_num_epoches}", leave=False)
@@ -126,12 +130,14 @@ def run(args: argparse.Namespace) -> None:
             bar.set_postfix(loss=f"{world * losses['total'].item():.4f}")
         sums = dist.all_reduce_(sums) / len(loader)  # this epoch's mean losses over the total batches
         say(f"train_irn epoch {ep + 1}: mean " + ", ".join(f"{k} {v:.4f}" for k, v in zip(names, sums.tolist())))
+        resume.save(model, opt, sched, ep + 1)
 
     infer = ClassificationDataset(ds.image_path, shard(infer_ids), labels, crop=args.irn_crop_size, resize_long=None,
                                   flip=False)
     mean = calibrate_mean_shift(model, DataLoader(infer, batch, shuffle=False, **kw), device, args.amp)
     say(f"train_irn: mean shift (dy, dx) = ({mean[0]:.4f}, {mean[1]:.4f}) over {len(infer_ids)} images of --infer_list")
-    save_checkpoint(model, out_path(args, args.irn_weights_name), "IRN")
+    save_checkpoint(model, weights, "IRN")
+    resume.clear()
 
 
 if __name__ == "__main__":

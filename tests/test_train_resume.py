@@ -1,0 +1,88 @@
+"""Training steps resume after an interruption: a run stopped after its first epoch and restarted ends with
+the weights of an uninterrupted run; changed flags start over. Uses the session's toy run (labels, IR
+labels, the toy classifier) with a 16-image list and small crops."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import run_sample
+from misc.io import read_id_list, write_id_list
+from step import common, train_cam, train_irn
+
+
+class _Stop(Exception):
+    pass
+
+
+def _interrupt_after_first_epoch(monkeypatch) -> None:
+    """Make EpochResume.save raise once it has written the state of epoch 1 (a crash between epochs)."""
+    save = common.EpochResume.save
+
+    def save_then_stop(self, model, opt, sched, epoch):
+        save(self, model, opt, sched, epoch)
+        if epoch == 1:
+            raise _Stop
+
+    monkeypatch.setattr(common.EpochResume, "save", save_then_stop)
+
+
+def _argv(toy_run, tmp_path) -> list[str]:
+    ids = tmp_path / "ids.txt"
+    write_id_list(ids, read_id_list(toy_run / "meta" / "train.txt")[:16])
+    return ["--work_dir", str(toy_run), "--toy_root", str(toy_run.parent / "toy_voc"), "--train_list", str(ids),
+            "--val_list", str(ids), "--infer_list", str(ids), "--num_workers", "0"]
+
+
+def _load(path):
+    return torch.load(path, weights_only=True)
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+
+
+@pytest.mark.parametrize("step,flags,weights_flag", [
+    (train_cam, ["--cam_num_epoches", "2", "--cam_batch_size", "8", "--cam_crop_size", "64",
+                 "--cam_resize_long", "56", "80"], "--cam_weights_name"),
+    (train_irn, ["--irn_num_epoches", "2", "--irn_batch_size", "8", "--irn_crop_size", "64"], "--irn_weights_name"),
+])
+def test_interrupted_training_resumes_to_the_same_weights(toy_run, tmp_path, monkeypatch, capsys, step, flags,
+                                                          weights_flag):
+    base = _argv(toy_run, tmp_path) + flags
+    step.run(run_sample.parse_args(base + [weights_flag, str(tmp_path / "straight.pth")]))
+    straight = _load(tmp_path / "straight.pth")
+    assert not (tmp_path / "straight.pth.resume").exists()
+
+    resumed = tmp_path / "resumed.pth"
+    args = run_sample.parse_args(base + [weights_flag, str(resumed)])
+    with monkeypatch.context() as m:
+        _interrupt_after_first_epoch(m)
+        with pytest.raises(_Stop):
+            step.run(args)
+    assert not resumed.exists() and (tmp_path / "resumed.pth.resume").is_file()
+    after_one = _load(tmp_path / "resumed.pth.resume")["model"]
+    capsys.readouterr()
+    step.run(args)
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    _assert_same(_load(resumed), straight)
+    assert not (tmp_path / "resumed.pth.resume").exists()
+    moved = max((straight[k].float() - after_one[k].float()).abs().max().item() for k in straight
+                if straight[k].is_floating_point())
+    assert moved > 1e-4  # the second epoch changed the weights: the equality above is not vacuous
+
+
+def test_changed_flags_start_over(toy_run, tmp_path, monkeypatch, capsys):
+    base = _argv(toy_run, tmp_path) + ["--cam_num_epoches", "2", "--cam_batch_size", "8", "--cam_crop_size", "64",
+                                       "--cam_resize_long", "56", "80", "--cam_weights_name", str(tmp_path / "w.pth")]
+    with monkeypatch.context() as m:
+        _interrupt_after_first_epoch(m)
+        with pytest.raises(_Stop):
+            train_cam.run(run_sample.parse_args(base))
+    capsys.readouterr()
+    train_cam.run(run_sample.parse_args(base + ["--cam_learning_rate", "5e-4"]))
+    out = capsys.readouterr().out
+    assert "flags changed since the interrupted run (cam_learning_rate); starting over" in out
+    assert "train_cam epoch 1:" in out and not (tmp_path / "w.pth.resume").exists()

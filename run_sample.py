@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval_out_dir", type=str, default="eval", help="per-step evaluation JSON files")
     g = p.add_argument_group("RIB seeds (make_rib_cam; --method rib)")
     g.add_argument("--rib_iters", type=int, default=10, help="K: most fine-tuning steps per image")
-    g.add_argument("--rib_lr", type=float, default=8e-6, help="backbone lr of the fine-tuning; the classifier gets 10x")
+    g.add_argument("--rib_lr", type=float, default=8e-6, help="lr of stages 3-4 in the fine-tuning (stages 1-2 stay fixed); the classifier gets 10x")
     g.add_argument("--rib_aux_batch", type=int, default=20, help="class-disjoint auxiliary images per step")
     g.add_argument("--rib_tau", type=float, default=0.4, help="gndp pooling threshold (of the class map's max)")
     g.add_argument("--rib_stop_logit", type=float, default=600, help="stop once |target logit sum| exceeds this")

@@ -3,8 +3,9 @@
     python -m step.make_rib_cam [flags of run_sample.py]   (run_sample.py --method rib runs it)
 
 For every id of --train_list, starting from the trained classifier θ0 each time (restored in memory):
-up to --rib_iters SGD steps (backbone lr --rib_lr, classifier 10x, wd --cam_weight_decay, poly over
-the steps, momentum --cam_momentum) on L = -Σ y·z, z the raw logits pooled with ``misc.torchutils.gndp``
+up to --rib_iters SGD steps (stages 3-4 at lr --rib_lr, classifier 10x, wd --cam_weight_decay, poly
+over the steps, momentum --cam_momentum; conv1 to layer2 stay fixed under either recipe, as the published
+code detaches stage 2's output) on L = -Σ y·z, z the raw logits pooled with ``misc.torchutils.gndp``
 (τ = --rib_tau), summed over the target image at scales --rib_loss_scales with flips and over
 --rib_aux_batch auxiliary images of --rib_aux_list (default --train_list) whose label sets are disjoint
 from the target's (training augmentation of train_cam). Each step first adds the CAMs (ReLU,
@@ -59,8 +60,9 @@ def rib_seed(model: torch.nn.Module, views: list[torch.Tensor], scales: tuple[fl
     """Run RIB on one image from the model's current weights (the caller restores θ0).
 
     views: per scale (1, 2, 3, h_s, w_s) on the model's device; label: (C,) multi-hot there; aux_batches:
-    an iterator giving one auxiliary batch ({'img', 'label'} or None) per step. Returns (strided (C, h, w),
-    high_res (C, H, W)) seed sums over all classes, unnormalised, and the number of updates taken.
+    an iterator giving one auxiliary batch ({'img', 'label'} or None) per step. Sets requires_grad False on
+    stages 1-2 of ``model``. Returns (strided (C, h, w), high_res (C, H, W)) seed sums over all classes,
+    unnormalised, and the number of updates taken.
     """
     keys = torch.nonzero(label)[:, 0]
     if len(keys) == 0:  # nothing to localise (an image without classes): all background
@@ -68,6 +70,8 @@ def rib_seed(model: torch.nn.Module, views: list[torch.Tensor], scales: tuple[fl
             next(aux_batches)
         c = label.shape[0]
         return label.new_zeros((c,) + strided_size(size, 4)), label.new_zeros((c,) + tuple(size)), 0
+    model.stage1.requires_grad_(False)  # RIB fine-tunes stages 3-4 and the classifier only (the published
+    model.stage2.requires_grad_(False)  # code detaches stage 2's output); the scratch recipe trains them all
     bb, head = model.trainable_parameters()
     opt, sched = poly_optimizer(
         "sgd", [{"params": bb, "lr": args.rib_lr, "weight_decay": args.cam_weight_decay},

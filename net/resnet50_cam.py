@@ -37,8 +37,13 @@ class Net(nn.Module):
         self.backbone = nn.ModuleList([self.stage1, self.stage2, self.stage3, self.stage4])
         self.newly_added = nn.ModuleList([self.classifier])
         if recipe == "irn":
-            self.stage1.requires_grad_(False)
-            self.stage2.requires_grad_(False)
+            self.freeze_early_stages()
+
+    def freeze_early_stages(self) -> None:
+        """Stop training stages 1-2 (conv1/bn1, layer1, layer2): requires_grad False, so backward stops at
+        stage 3 and optimisers built from ``trainable_parameters`` leave them out."""
+        self.stage1.requires_grad_(False)
+        self.stage2.requires_grad_(False)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> stride-16 features (B, C, ~H/16, ~W/16)."""

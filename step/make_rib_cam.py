@@ -60,8 +60,8 @@ def rib_seed(model: torch.nn.Module, views: list[torch.Tensor], scales: tuple[fl
     """Run RIB on one image from the model's current weights (the caller restores θ0).
 
     views: per scale (1, 2, 3, h_s, w_s) on the model's device; label: (C,) multi-hot there; aux_batches:
-    an iterator giving one auxiliary batch ({'img', 'label'} or None) per step. Sets requires_grad False on
-    stages 1-2 of ``model``. Returns (strided (C, h, w), high_res (C, H, W)) seed sums over all classes,
+    an iterator giving one auxiliary batch ({'img', 'label'} or None) per step. Freezes stages 1-2 of ``model``
+    (``freeze_early_stages``). Returns (strided (C, h, w), high_res (C, H, W)) seed sums over all classes,
     unnormalised, and the number of updates taken.
     """
     keys = torch.nonzero(label)[:, 0]
@@ -70,8 +70,7 @@ def rib_seed(model: torch.nn.Module, views: list[torch.Tensor], scales: tuple[fl
             next(aux_batches)
         c = label.shape[0]
         return label.new_zeros((c,) + strided_size(size, 4)), label.new_zeros((c,) + tuple(size)), 0
-    model.stage1.requires_grad_(False)  # RIB fine-tunes stages 3-4 and the classifier only (the published
-    model.stage2.requires_grad_(False)  # code detaches stage 2's output); the scratch recipe trains them all
+    model.freeze_early_stages()  # as published (stage 2's output detached), whatever recipe trained them
     bb, head = model.trainable_parameters()
     opt, sched = poly_optimizer(
         "sgd", [{"params": bb, "lr": args.rib_lr, "weight_decay": args.cam_weight_decay},

@@ -2,6 +2,7 @@
 inputs in the same run, the ratio, peak memory, and the projected wall time of the VOC pipeline.
 
     python -m bench.run_all [--device auto] [--full] [--amp off|bf16] [--channels_last False|True]
+                            [--images N] [--walks N] [--steps N] [--rib_images N]
 
 Reference (IRN style): one image per forward pass, fp32, NCHW; the dense n x n random walk
 (misc.randomwalk.dense_random_walk); IRNet's pair labels built per sample on the CPU with NumPy
@@ -31,7 +32,7 @@ import ctypes
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -315,7 +316,7 @@ def print_table(rows: list[Row]) -> None:
     print(f"{'step':<32}{'reference/s':>12}{'toolkit/s':>11}{'ratio':>8}{'ref peak MB':>13}{'tool peak MB':>14}")
     for r in rows:
         ratio = None if r.reference is None else r.toolkit / r.reference
-        print(f"{r.step:<32}{f(r.reference, '.2f'):>12}{r.toolkit:>11.2f}{f(ratio, '.1f'):>8}"
+        print(f"{r.step:<32}{f(r.reference, '.4g'):>12}{r.toolkit:>11.4g}{f(ratio, '.1f'):>8}"
               f"{f(r.ref_mb, '.1f'):>13}{f(r.tool_mb, '.1f'):>14}")
 
 
@@ -342,10 +343,16 @@ def main() -> None:
     p.add_argument("--full", action="store_true", help="ResNet-50, VOC sizes, and the VOC projection (GPU)")
     p.add_argument("--amp", type=str, default=defaults.get_default("amp"), choices=("off", "bf16"))
     p.add_argument("--channels_last", type=run_sample.str2bool, default=defaults.get_default("channels_last"))
+    for name in ("images", "walks", "steps", "rib_images"):
+        p.add_argument(f"--{name}", type=int, default=None,
+                       help=f"override the mode's {name} count (quick {getattr(QUICK, name)}, full {getattr(FULL, name)}); fewer is faster and noisier")
     a = p.parse_args()
     pin_mmap_threshold()
     device = pick_device(a.device)
-    s = FULL if a.full else QUICK
+    counts = {k: getattr(a, k) for k in ("images", "walks", "steps", "rib_images") if getattr(a, k) is not None}
+    if any(v < 1 for v in counts.values()):
+        p.error("--images, --walks, --steps and --rib_images must be at least 1")
+    s = replace(FULL if a.full else QUICK, **counts)
     torch.manual_seed(0)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"device: {name}, {torch.get_num_threads()} threads; {'ResNet-50, VOC sizes' if a.full else 'toy net, toy sizes'}"

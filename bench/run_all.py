@@ -69,6 +69,7 @@ class Setting:
 
 QUICK = Setting(dict(recipe="scratch", width=32, blocks=(1, 1, 1, 1)), (96, 128), 128, 16, 8, 16, 8, 3, 1)
 FULL = Setting(dict(recipe="irn"), (375, 500), 512, 16, 32, 32, 4, 5, 2)
+COUNTS = ("images", "walks", "steps", "rib_images")  # Setting fields the command line may override
 
 
 @dataclass
@@ -343,16 +344,16 @@ def main() -> None:
     p.add_argument("--full", action="store_true", help="ResNet-50, VOC sizes, and the VOC projection (GPU)")
     p.add_argument("--amp", type=str, default=defaults.get_default("amp"), choices=("off", "bf16"))
     p.add_argument("--channels_last", type=run_sample.str2bool, default=defaults.get_default("channels_last"))
-    for name in ("images", "walks", "steps", "rib_images"):
+    for name in COUNTS:
         p.add_argument(f"--{name}", type=int, default=None,
                        help=f"override the mode's {name} count (quick {getattr(QUICK, name)}, full {getattr(FULL, name)}); fewer is faster and noisier")
     a = p.parse_args()
+    counts = {k: getattr(a, k) for k in COUNTS if getattr(a, k) is not None}
+    if any(v < 1 for v in counts.values()):
+        p.error(f"{', '.join('--' + k for k in COUNTS)} must be at least 1")
+    s = replace(FULL if a.full else QUICK, **counts)
     pin_mmap_threshold()
     device = pick_device(a.device)
-    counts = {k: getattr(a, k) for k in ("images", "walks", "steps", "rib_images") if getattr(a, k) is not None}
-    if any(v < 1 for v in counts.values()):
-        p.error("--images, --walks, --steps and --rib_images must be at least 1")
-    s = replace(FULL if a.full else QUICK, **counts)
     torch.manual_seed(0)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"device: {name}, {torch.get_num_threads()} threads; {'ResNet-50, VOC sizes' if a.full else 'toy net, toy sizes'}"

@@ -247,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from misc import dist
     from misc.torchutils import pick_device
-    from step.common import record_config, say
+    from step.common.entry import record_config
+    from step.common.parallel import say
 
     args = parse_args(argv)
     dist.init(pick_device(args.device))

@@ -44,10 +44,10 @@ from bench import bench_crf, bench_make_cam, bench_rib
 from misc.imutils import downsample_label
 from misc.indexing import PathIndex
 from misc.randomwalk import dense_random_walk, random_walk
+from misc.seeds import walk_scores
 from misc.torchutils import autocast, pick_device
 from net import resnet50_cam, resnet50_irn
 from net.resnet50_irn import EdgeDisplacement, pair_loss
-from step.make_sem_seg_labels import walk_scores
 
 VOC_TRAIN_AUG = 10582
 

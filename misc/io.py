@@ -1,12 +1,13 @@
-"""Atomic writers, id lists, labels and the seed (CAM) artifact format."""
+"""Atomic writers, the asynchronous writer of the make-steps, id lists, labels and the seed (CAM) artifact format."""
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -27,6 +28,38 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+class AsyncWriter:
+    """File writes of a make-step on background threads, so that writing overlaps computing.
+
+    ``with AsyncWriter() as w: w.submit(save_cam, path, ...)``: ``submit(fn, *args)`` queues ``fn(*args)``
+    on one of ``threads`` threads; a failed write is re-raised by a later ``submit`` or, at the latest,
+    when the block ends, which waits for every write.
+    """
+
+    def __init__(self, threads: int = 2):
+        self._pool = ThreadPoolExecutor(threads)
+        self._pending: list[Future] = []
+
+    def submit(self, fn: Callable[..., object], *args: object) -> None:
+        """Queue ``fn(*args)``; raises the error of an earlier write that failed."""
+        done = [f for f in self._pending if f.done()]
+        self._pending = [f for f in self._pending if not f.done()]
+        for f in done:
+            f.result()
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def __enter__(self) -> AsyncWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                for f in self._pending:
+                    f.result()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def save_json(path: str | Path, obj: Any) -> None:

@@ -22,8 +22,9 @@ from misc.errors import UserError
 from misc.imutils import read_label_png
 from misc.io import save_json
 from misc.metrics import confusion_matrix, fp_fn_rates, iou_from_confusion
-from step.common import PerImageGT, accumulate, get_dataset, load_list, out_path, report, step_main
-from step.eval_cam import sweep_thresholds, thresholds_of
+from step.common.data import get_dataset, load_list, out_path
+from step.common.entry import step_main
+from step.common.evaluation import PerImageGT, accumulate, report, sweep_thresholds, thresholds_of
 
 
 class _Confusion(PerImageGT):

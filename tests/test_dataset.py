@@ -76,8 +76,8 @@ def test_segmentation_dataset_keeps_image_and_label_aligned(tmp_path):
     """Joint rescale/flip/crop: label 1 must still sit on the bright square, padding must be 255/zero."""
     from PIL import Image
 
-    from misc.data import SegmentationDataset
     from misc.io import save_png
+    from misc.samples import SegmentationDataset
 
     img = np.zeros((60, 90, 3), np.uint8)
     img[10:40, 50:80] = 255  # a bright square, off-centre so a flip moves it

@@ -8,7 +8,8 @@ import torch
 
 import run_sample
 from misc.io import read_id_list, write_id_list
-from step import common, train_cam, train_irn
+from step import train_cam, train_irn
+from step.common import checkpoints
 
 
 class _Stop(Exception):
@@ -17,14 +18,14 @@ class _Stop(Exception):
 
 def _interrupt_after_first_epoch(monkeypatch) -> None:
     """Make EpochResume.save raise once it has written the state of epoch 1 (a crash between epochs)."""
-    save = common.EpochResume.save
+    save = checkpoints.EpochResume.save
 
     def save_then_stop(self, model, opt, sched, epoch):
         save(self, model, opt, sched, epoch)
         if epoch == 1:
             raise _Stop
 
-    monkeypatch.setattr(common.EpochResume, "save", save_then_stop)
+    monkeypatch.setattr(checkpoints.EpochResume, "save", save_then_stop)
 
 
 def _argv(toy_run, tmp_path) -> list[str]:

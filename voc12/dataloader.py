@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from misc.datasets import DatasetSpec
+from misc.dataset_spec import DatasetSpec
 from misc.errors import UserError
 
 CLASS_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -12,7 +12,7 @@ CLASS_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
 
 
 class VOC12(DatasetSpec):
-    """Where VOC-format files live under ``root``, plus the class spec (misc.datasets.DatasetSpec: class c
+    """Where VOC-format files live under ``root``, plus the class spec (misc.dataset_spec.DatasetSpec: class c
     is mask value c+1, 0 background, 255 ignore)."""
 
     name = "voc12"

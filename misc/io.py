@@ -82,7 +82,8 @@ def read_id_list(path: str | Path) -> list[str]:
     """Read an id list: one string id per line; blank lines and anything after the first space are dropped."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: id list not found; run the dataset's make_cls_labels (voc12 or coco14), or pass an existing list file")
+        raise UserError(f"{path}: id list not found; run the dataset's make_cls_labels (voc12 or coco14), or pass an "
+                        "existing list file")
     ids = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
     if not ids:
         raise UserError(f"{path}: id list is empty; regenerate it with make_cls_labels")
@@ -102,7 +103,8 @@ def load_cls_labels(path: str | Path, num_classes: int) -> dict[str, np.ndarray]
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: image-level labels not found; run `python -m voc12.make_cls_labels` (or coco14.make_cls_labels) first")
+        raise UserError(f"{path}: image-level labels not found; run `python -m voc12.make_cls_labels` (or "
+                        "coco14.make_cls_labels) first")
     out = {}
     for k, classes in json.loads(path.read_text()).items():
         v = np.zeros(num_classes, np.float32)

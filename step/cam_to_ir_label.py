@@ -32,6 +32,8 @@ from step.common.entry import step_main
 from step.common.evaluation import PerImageGT, accumulate
 from step.common.parallel import pending, progress, say, shard
 
+SECTIONS = ("run", "data", "toy", "seeds", "ir_label")  # the flag sections it reads
+
 
 def _work(img_id: str, image_path: Path, cam_dir: Path, out_dir: Path, fg: float, bg: float, iters: int,
           gt_prob: float) -> str:
@@ -109,4 +111,4 @@ def run(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    step_main("cam_to_ir_label", run)
+    step_main("cam_to_ir_label")

@@ -19,6 +19,8 @@ from step.common.data import get_dataset, load_list, out_path
 from step.common.entry import step_main
 from step.common.parallel import progress, say, shard
 
+SECTIONS = ("run", "data", "toy", "seeds", "sem_seg", "draw")  # the flag sections it reads
+
 
 def run(args: argparse.Namespace) -> None:
     """Draw one PNG per image."""
@@ -51,4 +53,4 @@ def run(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    step_main("draw", run)
+    step_main("draw")

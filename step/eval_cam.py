@@ -17,6 +17,8 @@ from step.common.data import get_dataset, load_list, out_path
 from step.common.entry import step_main
 from step.common.evaluation import report, sweep_thresholds, thresholds_of
 
+SECTIONS = ("run", "data", "toy", "seeds")  # the flag sections it reads
+
 
 def run(args: argparse.Namespace) -> dict:
     """Evaluate; returns the JSON dict (written to disk by rank 0)."""
@@ -37,4 +39,4 @@ def run(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    step_main("eval_cam", run)
+    step_main("eval_cam")

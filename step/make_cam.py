@@ -23,6 +23,8 @@ from step.common.entry import step_main
 from step.common.models import trained_classifier
 from step.common.parallel import bucketed_loader, pending, place, progress, say
 
+SECTIONS = ("run", "data", "toy", "backbone", "classifier", "seeds")  # the flag sections it reads
+
 
 def run(args: argparse.Namespace) -> None:
     """Write the seed of every id of --train_list (this rank's share) that has none yet."""
@@ -55,4 +57,4 @@ def run(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    step_main("make_cam", run)
+    step_main("make_cam")

@@ -42,6 +42,8 @@ from step.common.entry import step_main
 from step.common.models import trained_classifier
 from step.common.parallel import pending, place, progress, say, shard
 
+SECTIONS = ("run", "data", "toy", "backbone", "classifier", "seeds", "rib")  # the flag sections it reads
+
 
 class DisjointBatchSampler(Sampler):
     """Auxiliary batches for RIB: for each target in ``targets`` (in order), ``steps`` batches of ``batch``
@@ -137,4 +139,4 @@ def run(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    step_main("make_rib_cam", run)
+    step_main("make_rib_cam")

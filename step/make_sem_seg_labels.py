@@ -3,18 +3,19 @@
     python -m step.make_sem_seg_labels [flags of run_sample.py]
 
 For every id of --infer_list: the boundary map B (mean of the image's and its flip's logits, sigmoid) at
-stride 4 (images zero-padded bottom/right to at least --sem_seg_canvas, default --irn_crop_size as IRN, and to
-a multiple of 16); each class seed (the stride-4 ``cam`` of the seed file, raised to --sem_seg_power, IRN 1) is
-attenuated to cam ⊙ (1 - B) and walked 2^--exp_times steps over the affinities (1 - max B on the path)^--beta
-of all pixel pairs within --sem_seg_radius (``misc.seeds.walk_scores`` with ``misc.randomwalk.random_walk``: a stencil on the device,
-never the n x n matrix, any image size). The result is upsampled x4, divided by its global max, and each
-pixel takes the class of its highest score, or background below --sem_seg_bg_thres (IRN 0.25). Writes
-``<sem_seg_out_dir>/<id>.png`` (palette PNG of 0..C) and, with --sem_seg_save_scores, the normalised scores
-before the threshold to ``<sem_seg_out_dir>_scores/<id>.npz`` (the seed format of misc.io.save_cam) so
-eval_sem_seg can sweep the threshold offline. Images of one size are walked together
-(--sem_seg_batch_images); ids whose PNG exists are skipped unless --overwrite. Under torchrun each rank
-takes every W-th batch of same-size images (``step.common.parallel.bucketed_loader``). With --amp bf16 only
-IRNet's pass runs in bf16; the walk runs in fp32.
+stride 4 (images zero-padded bottom/right to at least --sem_seg_canvas, default --irn_crop_size as IRN, and
+to a multiple of 16); each class seed (the stride-4 ``cam`` of the seed file, raised to --sem_seg_power,
+IRN 1) is attenuated to cam ⊙ (1 - B) and walked 2^--exp_times steps over the affinities
+(1 - max B on the path)^--beta of all pixel pairs within --sem_seg_radius (``misc.seeds.walk_scores``,
+``misc.randomwalk.random_walk``: a stencil on the device, never the n x n matrix, any image size). The
+result is upsampled x4, divided by its global max, and each pixel takes the class of its highest score, or
+background below --sem_seg_bg_thres (IRN 0.25). Writes ``<sem_seg_out_dir>/<id>.png`` (palette PNG of
+0..C) and, with --sem_seg_save_scores, the normalised scores before the threshold to
+``<sem_seg_out_dir>_scores/<id>.npz`` (the seed format of misc.io.save_cam) so eval_sem_seg can sweep the
+threshold offline. Images of one size are walked together (--sem_seg_batch_images); ids whose PNG exists
+are skipped unless --overwrite. Under torchrun each rank takes every W-th batch of same-size images
+(``step.common.parallel.bucketed_loader``). With --amp bf16 only IRNet's pass runs in bf16; the walk runs
+in fp32.
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ from step.common.checkpoints import load_checkpoint
 from step.common.data import get_dataset, load_labels, load_list, out_path
 from step.common.entry import step_main
 from step.common.parallel import bucketed_loader, pending, place, progress, say
+
+SECTIONS = ("run", "data", "toy", "backbone", "seeds", "irn", "sem_seg")  # the flag sections it reads
 
 
 class _WalkInput(MultiScaleDataset):
@@ -95,4 +98,4 @@ def run(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    step_main("make_sem_seg_labels", run)
+    step_main("make_sem_seg_labels")

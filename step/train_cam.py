@@ -30,6 +30,8 @@ from step.common.models import classifier
 from step.common.parallel import place, rank_batch, say, shard, train_loader
 from step.common.training import fit
 
+SECTIONS = ("run", "data", "toy", "backbone", "classifier")  # the flag sections it reads
+
 
 def _val_loss(model: torch.nn.Module, loader: DataLoader, device: torch.device, amp: str) -> float:
     """Mean loss per image over ``loader`` (this rank's share of the validation ids), averaged over ranks."""
@@ -89,9 +91,10 @@ def run(args: argparse.Namespace) -> None:
             f"val loss {_val_loss(model, val_loader, device, args.amp):.4f}")
 
     weights = out_path(args, args.cam_weights_name)
-    fit("train_cam", model, loader, opt, sched, args.cam_num_epoches, loss, device, args.amp,
-        EpochResume(args, weights), weights, "classifier", sync_bn=args.recipe == "scratch", on_epoch=on_epoch)
+    resume = EpochResume(args, weights, ("backbone", "classifier"))
+    fit("train_cam", model, loader, opt, sched, args.cam_num_epoches, loss, device, args.amp, resume, weights,
+        "classifier", sync_bn=args.recipe == "scratch", on_epoch=on_epoch)
 
 
 if __name__ == "__main__":
-    step_main("train_cam", run)
+    step_main("train_cam")

@@ -39,6 +39,8 @@ from step.common.models import trained_classifier
 from step.common.parallel import place, progress, rank_batch, say, shard, train_loader
 from step.common.training import fit
 
+SECTIONS = ("run", "data", "toy", "backbone", "classifier", "ir_label", "irn")  # the flag sections it reads
+
 
 def build_irn(args: argparse.Namespace, num_classes: int) -> Net:
     """IRNet with this run's backbone shape and its backbone weights per --irn_init (on the CPU); with
@@ -80,8 +82,6 @@ def run(args: argparse.Namespace) -> None:
     seed_everything(args.seed, args.deterministic)
     device = pick_device(args.device)
     ds = get_dataset(args)
-    if args.irn_crop_size % 16:
-        raise UserError(f"--irn_crop_size {args.irn_crop_size}: must be a multiple of 16")
     ids, infer_ids = load_list(args, args.train_list), load_list(args, args.infer_list)
     labels = load_labels(args, ds, infer_ids)
     label_dir = out_path(args, args.ir_label_out_dir)
@@ -127,9 +127,10 @@ def run(args: argparse.Namespace) -> None:
             "--infer_list")
 
     weights = out_path(args, args.irn_weights_name)
-    fit("train_irn", model, loader, opt, sched, args.irn_num_epoches, loss, device, args.amp,
-        EpochResume(args, weights), weights, "IRN", on_epoch=on_epoch, finalize=finalize)
+    resume = EpochResume(args, weights, ("backbone", "irn"), ("ir_label_out_dir", "cam_weights_name"))
+    fit("train_irn", model, loader, opt, sched, args.irn_num_epoches, loss, device, args.amp, resume, weights, "IRN",
+        on_epoch=on_epoch, finalize=finalize)
 
 
 if __name__ == "__main__":
-    step_main("train_irn", run)
+    step_main("train_irn")

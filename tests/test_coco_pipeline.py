@@ -24,8 +24,9 @@ from misc.metrics import confusion_matrix, iou_from_confusion
 ROOT = Path(__file__).resolve().parents[1]
 EMPTY = f"{EMPTY_AT + 1:012d}"  # the toy's first object-free image
 SMALL = ["--toy_n_train", "32", "--toy_n_val", "8", "--toy_size", "96", "--toy_classes", "5", "--cam_crop_size", "96",
-         "--cam_resize_long", "80", "112", "--cam_batch_size", "8", "--cam_scales", "1.0", "0.5", "--irn_crop_size", "96",
-         "--irn_batch_size", "8", "--crf_iters", "3", "--num_workers", "0", "--crf_num_workers", "1", "--exp_times", "6"]
+         "--cam_resize_long", "80", "112", "--cam_batch_size", "8", "--cam_scales", "1.0", "0.5",
+         "--irn_crop_size", "96", "--irn_batch_size", "8", "--crf_iters", "3", "--num_workers", "0",
+         "--crf_num_workers", "1", "--exp_times", "6"]
 
 
 @pytest.fixture(scope="module")

@@ -94,7 +94,8 @@ def test_ddp_train_cam_step_equals_single_process(runs):
     trained = _assert_same_weights(one / "sess" / "res50_cam.pth", two / "sess" / "res50_cam.pth")
     seed_everything(0)  # train_cam builds the classifier right after seeding
     start = classifier(run_sample.parse_args(flags), 20).state_dict()
-    assert (trained["classifier.weight"] - start["classifier.weight"]).abs().max() > 1e-4  # the step moved it 100x the tolerance
+    # the step moved it 100x the tolerance
+    assert (trained["classifier.weight"] - start["classifier.weight"]).abs().max() > 1e-4
     imagenet = torch.load(Path(flags[flags.index("--pretrained_weights") + 1]), weights_only=True)
     assert torch.equal(trained["resnet50.layer1.0.conv1.weight"], imagenet["layer1.0.conv1.weight"])  # frozen stage
 

@@ -17,8 +17,9 @@ TINY = dict(width=16, blocks=(1, 1, 1, 1))
 def test_key_layout_matches_irn():
     sd = Net().state_dict()
     heads = {k.split(".")[0] for k in sd}
-    assert heads == {"resnet50", "stage1", "stage2", "stage3", "stage4", "stage5", "backbone", "edge_layers",
-                     "dp_layers", "mean_shift"} | {f"fc_edge{i}" for i in range(1, 7)} | {f"fc_dp{i}" for i in range(1, 8)}
+    assert heads == ({"resnet50", "stage1", "stage2", "stage3", "stage4", "stage5", "backbone", "edge_layers",
+                      "dp_layers", "mean_shift"} | {f"fc_edge{i}" for i in range(1, 7)}
+                     | {f"fc_dp{i}" for i in range(1, 8)})
     assert sd["fc_edge1.0.weight"].shape == (32, 64, 1, 1) and sd["fc_edge5.0.weight"].shape == (32, 2048, 1, 1)
     assert sd["fc_edge6.weight"].shape == (1, 160, 1, 1) and "fc_edge6.bias" in sd
     assert sd["fc_dp6.0.weight"].shape == (256, 768, 1, 1) and sd["fc_dp7.3.weight"].shape == (2, 256, 1, 1)

@@ -74,8 +74,8 @@ def _model_and_views():
 
 def _aux(n: int):
     g = torch.Generator().manual_seed(1)
-    return iter([{"img": torch.randn(2, 3, 32, 32, generator=g), "label": torch.tensor([[0, 1.0, 0, 0], [0, 0, 0, 1.0]])}
-                 for _ in range(n)])
+    label = torch.tensor([[0, 1.0, 0, 0], [0, 0, 0, 1.0]])
+    return iter([{"img": torch.randn(2, 3, 32, 32, generator=g), "label": label} for _ in range(n)])
 
 
 def test_rib_seed_accumulates_steps_and_theta0_restores_exactly():

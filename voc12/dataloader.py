@@ -25,7 +25,8 @@ class VOC12(DatasetSpec):
         if not self.root.is_dir():
             raise UserError(f"{self.root}: VOC root not found; pass --voc12_root pointing at VOCdevkit/VOC2012")
         if not (self.root / "JPEGImages").is_dir():
-            raise UserError(f"{self.root / 'JPEGImages'}: folder missing; --voc12_root must be the VOC2012 folder that holds JPEGImages/")
+            raise UserError(f"{self.root / 'JPEGImages'}: folder missing; --voc12_root must be the VOC2012 folder "
+                            "that holds JPEGImages/")
 
     def image_path(self, img_id: str) -> Path:
         """Path of the JPEG of an id."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from misc import dist
+from misc.config import flags_in
 from misc.errors import UserError
 from misc.io import atomic_path
 from step.common.parallel import say
@@ -47,16 +48,28 @@ def save_checkpoint(model: torch.nn.Module, path: Path, what: str) -> None:
 
 class EpochResume:
     """Epoch-level resume state of a training step, in ``<weights>.resume`` beside the final weights: the
-    model, optimiser and scheduler state after the last finished epoch, that epoch count, and the flags of
-    the run. Rank 0 writes it atomically after every epoch and removes it once the final weights are saved.
-    A restarted run with the same flags continues from it (sample order and augmentation are seeded per
-    epoch and item, so the result equals an uninterrupted run's); with other flags it starts over."""
+    model, optimiser and scheduler state after the last finished epoch, that epoch count, and the
+    fingerprint of the run. Rank 0 writes it atomically after every epoch and removes it once the final
+    weights are saved. A restarted run with the same fingerprint continues from it (sample order and
+    augmentation are seeded per epoch and item, so the result equals an uninterrupted run's); with another
+    it starts over.
 
-    _VOLATILE = ("num_workers", "crf_num_workers", "device", "overwrite", "work_dir")
+    The fingerprint holds what decides the trained weights and nothing else: the flags of the training
+    step's own ``sections`` (train_cam: backbone, classifier; train_irn: backbone, irn), the flags named in
+    ``inputs`` (files it trains from, e.g. train_irn's IR labels and classifier), and what shapes its data
+    and arithmetic: --dataset, the dataset root (or, on the toy dataset, every toy flag), --train_list,
+    --seed and --amp. Everything else (the method, other steps' flags such as --draw_num, the work folder,
+    --device, --num_workers, --channels_last, --deterministic, --overwrite, --val_list) may change between
+    the interrupted run and its restart: ``--method rib`` after an interrupted IRN train_cam resumes it,
+    as both methods share the classifier."""
 
-    def __init__(self, args: argparse.Namespace, weights: Path):
+    DATA = ("dataset", "voc12_root", "coco14_root", "toy", "train_list", "seed", "amp")
+
+    def __init__(self, args: argparse.Namespace, weights: Path, sections: tuple[str, ...],
+                 inputs: tuple[str, ...] = ()):
         self.path = weights.with_name(weights.name + ".resume")
-        flags = {k: v for k, v in vars(args).items() if k not in self._VOLATILE and not k.endswith("_pass")}
+        flags = flags_in(args, sections + (("toy",) if args.toy else ()))
+        flags.update({k: getattr(args, k) for k in self.DATA + inputs})
         self.flags = json.loads(json.dumps(flags, default=str))
 
     def load(self, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: object) -> int:

@@ -3,16 +3,19 @@ process group, record the resolved config, run the steps; a UserError becomes on
 from __future__ import annotations
 
 import argparse
+import importlib
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Sequence
 
 from misc import dist
 from misc.cli import guarded
+from misc.config import Config
 from misc.io import save_json
 from misc.torchutils import pick_device
+from step.common.parallel import say
 
 
 def git_revision() -> str:
@@ -34,23 +37,42 @@ def record_config(args: argparse.Namespace, name: str) -> None:
     ``<work_dir>/config.<name>.json`` (rank 0)."""
     if not dist.is_main():
         return
-    cfg = {k: v for k, v in vars(args).items()}
+    cfg = dict(vars(args))
     save_json(Path(args.work_dir) / f"config.{name}.json",
               {"git_revision": git_revision(), "argv": sys.argv, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
                "world_size": dist.world_size(), "args": cfg})
 
 
-def step_main(name: str, run: Callable[[argparse.Namespace], object]) -> None:
-    """``python -m step.<name>`` (also under torchrun): parse run_sample's flags, join the process group,
-    record them, run the step; UserError -> one line."""
+def run_steps(args: argparse.Namespace, steps: Sequence[str], name: str) -> None:
+    """Join the process group, record the config as ``config.<name>.json``, run ``steps`` (module names under
+    step/) in order, leave the group. With more than one step each is timed and followed by a barrier under
+    torchrun, so no step reads a file another rank is still writing."""
+    dist.init(pick_device(args.device))
+    record_config(args, name)
+    for s in steps:
+        t = time.time()
+        if len(steps) > 1:
+            say(f"== step.{s}")
+        importlib.import_module(f"step.{s}").run(args)
+        if len(steps) > 1:
+            dist.barrier()
+            say(f"== step.{s} done in {time.time() - t:.1f} s")
+    dist.destroy()
+
+
+def run_pipeline(config: Config, argv: Sequence[str] | None = None) -> None:
+    """run_sample.py: the enabled steps of --method's pipeline (``--<step>_pass``), in order."""
+    args = config.parse(argv)
+    run_steps(args, [s for s in config.pipelines[args.method] if getattr(args, f"{s}_pass")], "run_sample")
+
+
+def step_main(name: str) -> None:
+    """``python -m step.<name>`` (also under torchrun): the flags of run_sample.py (the config file at the top of
+    the tree, read here; the steps never import it) parsed for this step alone, then the step; a UserError
+    ends in one line."""
 
     def go() -> None:
-        import run_sample  # the flags and their defaults live in run_sample.py, at the top of the tree
-
-        args = run_sample.parse_args(sys.argv[1:])
-        dist.init(pick_device(args.device))
-        record_config(args, name)
-        run(args)
-        dist.destroy()
+        config = importlib.import_module("run_sample").CONFIG
+        run_steps(config.parse(sys.argv[1:], steps=(name,)), (name,), name)
 
     guarded(go)

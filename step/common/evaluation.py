@@ -99,11 +99,10 @@ class CamHistogram(PerImageGT):
         return cam_histogram(gt, cam["high_res"], cam["keys"], self.thresholds, self.ds.num_classes + 1)
 
 
-def thresholds_of(sweep: tuple[float, float, float], fixed: float, flag: str = "--cam_eval_sweep") -> np.ndarray:
-    """The thresholds LO..HI by STEP (inclusive) plus the fixed one, sorted and rounded to 1e-6."""
+def thresholds_of(sweep: tuple[float, float, float], fixed: float) -> np.ndarray:
+    """The thresholds LO..HI by STEP (inclusive; LO <= HI and STEP > 0, checked when the flags are parsed)
+    plus the fixed one, sorted and rounded to 1e-6."""
     lo, hi, step = sweep
-    if step <= 0 or hi < lo:
-        raise UserError(f"{flag} {lo} {hi} {step}: need LO <= HI and STEP > 0")
     t = np.arange(lo, hi + step / 2, step)
     return np.unique(np.round(np.append(t, fixed), 6))
 

@@ -41,7 +41,7 @@ PIPELINES = {
 
 @section("run")
 class Run:
-    """What runs, where and how: method, work folder, devices, precision, seeds, resume"""
+    """Method, work folder, devices, precision, seeds, resume"""
 
     method: str = flag("irn", "seed method: its pipeline and recipes (irn: make_cam; rib: make_rib_cam)",
                        choices=tuple(PIPELINES))
@@ -61,7 +61,11 @@ class Run:
 
 @section("data")
 class Data:
-    """Dataset and id lists (toy: True, set by the parser, when the dataset's root flag is absent)"""
+    """Dataset and id lists
+
+    Besides these flags the parser sets ``toy``: True when the dataset's root flag is absent (the toy dataset
+    is then generated and used).
+    """
 
     dataset: str | None = flag(None, "voc12 (PASCAL VOC 2012, 20 classes) or coco14 (MS COCO 2014, 80 classes); "
                                "default coco14 when --coco14_root is given, else voc12", choices=("voc12", "coco14"))
@@ -236,12 +240,12 @@ TOY_RECIPE = dict(
     irn_learning_rate=0.3,
 )
 
-# What the toy changes per method, after TOY_RECIPE: a pipeline check in minutes on CPU, not the method's
-# published constants. RIB fine-tunes the classifier once per image (25 min of 2-core CPU for the 400 toy
-# seeds at K = 10 with 20 auxiliary images): the toy takes 2 steps with 4 auxiliary images, the loss at
-# scale 1.0 only, over seeds of two scales.
+# What the toy changes per method, after TOY_RECIPE: a pipeline check in about a minute on 2 CPU cores after
+# the shared classifier, not the method's published constants. RIB fine-tunes the classifier once per image
+# (25 min of 2-core CPU for the 400 toy seeds at K = 10 with 20 auxiliary images): the toy takes 2 steps with
+# 2 auxiliary images, the loss at scale 1.0 only, seeds of two scales, and IRNet trains 2 epochs, not 6.
 TOY_METHOD_RECIPES = {
-    "rib": dict(rib_iters=2, rib_aux_batch=4, rib_loss_scales=(1.0,), cam_scales=(1.0, 0.5)),
+    "rib": dict(rib_iters=2, rib_aux_batch=2, rib_loss_scales=(1.0,), cam_scales=(1.0, 0.5), irn_num_epoches=2),
 }
 
 # What --dataset changes for every method (flags not given on the command line): its lists and toy

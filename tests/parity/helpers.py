@@ -52,6 +52,14 @@ def irn_random_state_dict(module: torch.nn.Module, seed: int) -> tuple[dict[str,
     return sd, first
 
 
+def published_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (..., C, H, W) in the memory layout the published loaders hand the network: CHW views of
+    HWC arrays (``np.transpose`` then ``np.stack``), i.e. channels-last strides. The CPU convolution picks
+    its kernel by layout, so this is what makes the outputs bit-identical on the generating machine."""
+    lead = x.shape[:-3]
+    return x.reshape(-1, *x.shape[-3:]).contiguous(memory_format=torch.channels_last).view(*lead, *x.shape[-3:])
+
+
 def digest(t: torch.Tensor | np.ndarray) -> str:
     """SHA-256 of an array's dtype, shape and bytes (bit-identity checks)."""
     a = np.ascontiguousarray(t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else t)

@@ -47,6 +47,19 @@ def test_fixtures_come_from_the_published_commit():
         assert load_fixture(name)[1]["commit"] == COMMIT
 
 
+def test_published_constants():
+    """The runs used RIB's VOC constants, the ones this module gives the toolkit."""
+    _, meta = load_fixture("rib_run")
+    args = meta["main_args"]
+    assert (args["score_th"], args["explode_th"], args["explode_ratio"], args["stop_th"]) == \
+        (TAU, AREA_THRES, AREA_RATIO, STOP_LOGIT)
+    assert all(meta[k]["score_th"] == TAU and meta[k]["explode_th"] == AREA_THRES and
+               meta[k]["cam_weight_decay"] == WEIGHT_DECAY for k in ("main_args", "logit_stop_args",
+                                                                      "area_stop_args", "order_args"))
+    assert tuple(args["cam_scales"]) == (1.0, 0.5, 1.5, 2.0)
+    assert load_fixture("rib_gndp")[1]["tau"] == TAU
+
+
 # ---------------------------------------------------------------- gndp
 
 def _gndp(x: np.ndarray, labels: torch.Tensor, weight: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,8 +73,7 @@ def test_gndp_value_and_gradient():
     """gndp with per-row labels (the auxiliary rows) and with the target's class set on both flips, value
     and gradient of a weighted sum, against gndp2d on 4x5 maps: equal to float32 rounding (1e-6), except
     the two guard entries of the next test."""
-    a, meta = load_fixture("rib_gndp")
-    assert meta["tau"] == TAU
+    a, _ = load_fixture("rib_gndp")
     z, grad = _gndp(a["x"], torch.from_numpy(a["labels"]), a["weight"])
     keep = np.ones(z.shape, bool)
     keep[3, [9, 16]] = False  # row 3: a present class with max < 0 and one with max == 0
@@ -118,18 +130,17 @@ def rib_fx():
 
 
 def _run(rib_fx, published_args: dict) -> dict:
-    """The toolkit's rib_seed on the fixture's target and auxiliary batches with the published run's
-    settings. Returns {'seed': (cam, high_res) normalised, 'updates', 'loss': per step, 'logits': per step
+    """The toolkit's rib_seed on the fixture's target and auxiliary batches with RIB's constants and the
+    published run's K, lr, scales and stop thresholds. Returns {'seed': (cam, high_res) normalised, 'updates', 'loss': per step, 'logits': per step
     (rows in the published order: target scales with flips, then the auxiliary images), 'model'}."""
     arrays, meta, model, theta0, aux = rib_fx
     model.load_state_dict(theta0, strict=True)
     scales = tuple(published_args["cam_scales"])
     item = _Target(arrays["target"], arrays["target_label"], scales)[0]
     args = types.SimpleNamespace(
-        rib_iters=published_args["RIB_iter"], rib_lr=published_args["RIB_lr"],
-        cam_weight_decay=published_args["cam_weight_decay"], cam_momentum=MOMENTUM, rib_loss_scales=LOSS_SCALES,
-        amp="off", rib_area_thres=published_args["explode_th"], rib_area_ratio=published_args["explode_ratio"],
-        rib_tau=published_args["score_th"], rib_stop_logit=published_args["stop_th"])
+        rib_iters=published_args["RIB_iter"], rib_lr=published_args["RIB_lr"], cam_weight_decay=WEIGHT_DECAY,
+        cam_momentum=MOMENTUM, rib_loss_scales=LOSS_SCALES, amp="off", rib_tau=TAU, rib_area_thres=AREA_THRES,
+        rib_area_ratio=published_args["explode_ratio"], rib_stop_logit=published_args["stop_th"])
     rec = {"loss": [], "rows": []}
     backward = torch.Tensor.backward
 
@@ -171,10 +182,7 @@ def test_rib_k_steps(rib_fx):
     equal to the published change within 1e-3 of the tensor's largest change plus 4 float32 ulps of the
     weight (the classifier moves by up to 7e-4, the backbone by ~1e-6). Stages 1-2 do not move."""
     arrays, meta, _, theta0, _ = rib_fx
-    args = meta["main_args"]
-    assert (args["score_th"], args["explode_th"], args["explode_ratio"], args["stop_th"]) == \
-        (TAU, AREA_THRES, AREA_RATIO, STOP_LOGIT)
-    ours = _run(rib_fx, args)
+    ours = _run(rib_fx, meta["main_args"])
     _assert_run_matches(ours, arrays, "main", meta["K"])
     sd = ours["model"].state_dict()
     assert max(meta["max_weight_change"].values()) > 1e-4

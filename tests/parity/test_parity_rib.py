@@ -210,7 +210,8 @@ def test_rib_logit_stop(rib_fx):
 def test_rib_area_stop(rib_fx):
     """The union of the classes' maps above 0.3 of their max, at scale 1.0, covering more than the ratio
     stops the image before that step's update; that step's scale-1.0 map is already in the seed, the other
-    scales are not. Ratio set between the covers of steps 1 and 2, so it fires at step 2."""
+    scales are not. The ratio is set from the main run's covers (just below step 1's here, the cover not
+    growing over the steps), so it fires at a known step (here step 1, after one update)."""
     arrays, meta, _, _, _ = rib_fx
     ours = _run(rib_fx, meta["area_stop_args"])
     _assert_run_matches(ours, arrays, "area_stop", meta["area_stop_updates"])

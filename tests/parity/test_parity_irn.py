@@ -11,6 +11,7 @@ float rounding, discrete outputs exactly.
 """
 from __future__ import annotations
 
+import json
 import types
 
 import numpy as np
@@ -21,6 +22,7 @@ from PIL import Image
 from misc.data import MultiScaleDataset, collate_same_size
 from misc.imutils import downsample_label, normalize
 from misc.indexing import PathIndex
+from misc.metrics import fp_fn_rates, iou_from_confusion
 from misc.randomwalk import dense_random_walk, random_walk
 from net import resnet50_cam, resnet50_irn
 from net.resnet50_irn import LEGACY_BUFFER_PREFIXES, affinity_displacement_loss
@@ -29,9 +31,8 @@ from step.eval_cam import cam_histogram, confusions_from_histogram
 from step.eval_sem_seg import _Confusion
 from step.make_cam import multiscale_cams, normalise_keep
 from step.make_sem_seg_labels import label_from_scores, walk_scores
-from misc.metrics import fp_fn_rates, iou_from_confusion
 from tests.parity.helpers import digest, irn_random_state_dict, published_layout, tied_random_state_dict
-from tests.parity.util import load_fixture, load_keys
+from tests.parity.util import FIXTURES, load_fixture, load_keys
 
 COMMIT = "a2ece0034d0a5a9635e4e131cd4fa6e2a779d316"
 SCALES = (1.0, 0.5, 1.5, 2.0)
@@ -240,10 +241,6 @@ def test_published_keys_load_strictly(name, build, cam_fx, irn_model):
 def test_published_irn_checkpoint_buffers_are_dropped():
     """IRN's res50_irn checkpoints also hold AffinityDisplacementLoss's index buffers: every one of them
     is named by a prefix the toolkit's loader drops, and nothing else is."""
-    import json
-
-    from tests.parity.util import FIXTURES
-
     dropped = json.loads((FIXTURES / "irn_res50_irn_keys.json").read_text())["meta"]["dropped_buffers"]
     assert dropped and all(k.startswith(LEGACY_BUFFER_PREFIXES) for k in dropped)
     assert not any(k.startswith(LEGACY_BUFFER_PREFIXES) for k in load_keys("irn_res50_irn_keys"))

@@ -65,7 +65,8 @@ class DRSClassifier(VGG16D1):
         self.extra_conv4 = nn.Conv2d(c, num_classes, 1)
         for j in (1, 2, 3, 4):
             conv = getattr(self, f"extra_conv{j}")
-            nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / (conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels)))
+            fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels
+            nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / fan_out))
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -78,7 +78,8 @@ def test_classifier_shapes_logits_are_cam_means_and_head_init(num_classes):
     assert big.extra_conv4.weight.std().item() == pytest.approx(math.sqrt(2 / num_classes), rel=0.05)
     assert big.extra_conv1.weight.std().item() == pytest.approx(math.sqrt(2 / (9 * 512)), rel=0.05)
     assert not big.extra_conv4.bias.any()
-    assert sum(p.numel() for n, p in big.named_parameters() if ".fc." in n) == 2 * 64**2 + 2 * 128**2 + 3 * 256**2 + 9 * 512**2
+    controllers = sum(p.numel() for n, p in big.named_parameters() if ".fc." in n)
+    assert controllers == 2 * 64**2 + 2 * 128**2 + 3 * 256**2 + 9 * 512**2
 
 
 def test_refine_net_output_size_and_head_init():
@@ -113,7 +114,7 @@ def torchvision_vgg16_file(path, bad_key: str | None = None) -> None:
 
     with torch.device("meta"):
         tv = torchvision.models.vgg16()
-    sd = {k: (torch.randn(v.shape) if k.startswith("features.") else torch.zeros(2)) for k, v in tv.state_dict().items()}
+    sd = {k: torch.randn(v.shape) if k.startswith("features.") else torch.zeros(2) for k, v in tv.state_dict().items()}
     if bad_key:
         sd[bad_key] = sd.pop("features.0.weight")
     torch.save(sd, path)

@@ -81,8 +81,8 @@ class DRSClassifier(VGG16D1):
     def lr_groups(self, lr: float) -> list[dict]:
         """The four SGD parameter groups of the published recipe: trunk conv weights (lr), trunk conv biases
         (2 lr), head weights (10 lr: the extra convs and every DRS controller W, trunk ones included), head
-        biases (20 lr). Returns [{'params': [...], 'lr': ...}] in that order; groups may be empty (fixed delta
-        has no controllers, but the extra convs always fill the head groups)."""
+        biases (20 lr). Returns [{'params': [...], 'lr': ...}] in that order (with a fixed delta the head
+        weights are the four extra convs alone)."""
         trunk = {id(p) for p in self.features.parameters()}
         groups: list[list[nn.Parameter]] = [[], [], [], []]
         for name, p in self.named_parameters():

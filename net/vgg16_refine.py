@@ -77,8 +77,8 @@ def seed_to_square(keys: torch.Tensor, high_res: torch.Tensor, num_classes: int,
     """A seed in the common format (``keys`` (K,) class indices, ``high_res`` (K, H, W)) as the dense
     (num_classes, side, side) localization map the refinement network is trained on: the K maps are resized
     bilinearly (align_corners=True, as the published map is upsampled from the CAM) to the square; absent
-    classes are 0. The published code instead stores the map computed at 320 x 320 as uint8."""
-    sq = upsample(high_res[None].float(), (side, side))[0]
-    out = sq.new_zeros((num_classes, side, side))
-    out[keys.long()] = sq
-    return out
+    classes (and a seed without keys) are 0. The published code instead stores the map computed at 320 x 320
+    as uint8."""
+    dense = high_res.new_zeros((1, num_classes) + tuple(high_res.shape[-2:]), dtype=torch.float32)
+    dense[0, keys.long()] = high_res.float()
+    return upsample(dense, (side, side))[0]

@@ -6,12 +6,13 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from misc.errors import UserError
 from misc.saliency import binarize_saliency, saliency_pseudo_label
 from net.vgg16 import VGG16D1, load_imagenet_weights
-from net.vgg16_drs import DRS, DRSClassifier, localization_map
-from net.vgg16_refine import RefineNet, fuse_refined, refinement_target, seed_to_square
+from net.vgg16_drs import DRS, DRSClassifier, localization_map, multiscale_cams
+from net.vgg16_refine import RefineNet, fuse_refined, refined_map, refinement_target, seed_to_square
 
 X = torch.tensor([[[[-1.0, 2.0], [4.0, 1.0]], [[-3.0, -1.0], [-2.0, -5.0]], [[1.0, 3.0], [2.0, 6.0]]]])
 
@@ -174,6 +175,19 @@ def test_seed_to_square_places_classes_and_keeps_corners():
     sq = seed_to_square(torch.tensor([2]), high, 4, 5)
     assert sq.shape == (4, 5, 5) and not sq[[0, 1, 3]].any()
     assert sq[2, 0, 0] == 0 and sq[2, 4, 0] == 0.5 and sq[2, 4, 4] == 0.25 and sq[2, 0, 2] == 1.0
+    assert not seed_to_square(torch.zeros(0, dtype=torch.long), torch.zeros(0, 2, 3), 4, 5).any()
+
+
+def test_multiscale_helpers_run_each_side_and_fuse():
+    torch.manual_seed(0)
+    image, labels = torch.randn(1, 3, 40, 40), torch.tensor([[0.0, 1.0, 1.0]])
+    cams = multiscale_cams(DRSClassifier(3, width=4).eval(), image, (32, 40, 48))
+    assert [c.shape[-1] for c in cams] == [4, 5, 6]
+    r = RefineNet(3, width=4).eval()
+    with torch.no_grad():
+        fused = refined_map(r, image, labels, (7, 9), (32, 48))
+        manual = fuse_refined([r(F.interpolate(image, (s, s), mode="bilinear"), (7, 9)) for s in (32, 48)], labels)
+    torch.testing.assert_close(fused, manual, rtol=0, atol=0)
 
 
 def test_binarize_saliency_is_strictly_above_50():

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from pydensecrf.utils import unary_from_softmax
 
-from misc.imutils import IMAGENET_MEAN, IMAGENET_STD
+from misc.imutils import normalize
 
 CAFFE_BGR_MEAN = (104.008, 116.669, 122.675)
 
@@ -25,11 +25,10 @@ def normalize_image(img: np.ndarray, style: str) -> np.ndarray:
     kazuto1011-layout DeepLab files (COCO / ImageNet caffe inits) were trained with. 'torchvision': RGB in
     [0, 1] normalised with the ImageNet mean/std — torchvision's ResNet files (VainF's recipe).
     """
-    x = img.astype(np.float32)
     if style == "caffe":
-        x = x[..., ::-1] - np.asarray(CAFFE_BGR_MEAN, np.float32)
+        x = img[..., ::-1].astype(np.float32) - np.asarray(CAFFE_BGR_MEAN, np.float32)
     elif style == "torchvision":
-        x = (x / 255.0 - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+        x = normalize(img)
     else:
         raise ValueError(f"unknown input style {style!r} (caffe or torchvision)")
     return np.ascontiguousarray(x.transpose(2, 0, 1))

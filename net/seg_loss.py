@@ -11,19 +11,34 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 IGNORE = 255
 
 
+def _pil_nearest_index(n_in: int, n_out: int) -> torch.Tensor:
+    """Source indices of PIL's NEAREST resize along one axis: PIL starts at half a step (n_in / n_out / 2) and
+    adds the step once per target pixel in double precision, truncating each position; the accumulated
+    rounding decides the exact half-way cases (e.g. 100 -> 41), which a closed-form floor((i + 0.5) * step)
+    gets wrong."""
+    step = n_in / n_out
+    steps = np.full(n_out, step)
+    steps[0] = step / 2
+    return torch.from_numpy(np.minimum(np.cumsum(steps).astype(np.int64), n_in - 1))
+
+
 def resize_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Nearest resize of (B, H, W) integer labels to ``size`` (h, w), sampling the source pixel under each target
-    pixel's centre — the same pixels as PIL's NEAREST resize kazuto1011's ``resize_labels`` uses. Returns (B, h, w)
-    int64."""
-    if tuple(labels.shape[1:]) == tuple(size):
-        return labels.long()
-    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest-exact")[:, 0].long()
+    """Nearest resize of (B, H, W) integer labels to ``size`` (h, w), picking the same source pixels as PIL's
+    NEAREST resize that kazuto1011's ``resize_labels`` uses. Returns (B, h, w) int64."""
+    h, w = (int(v) for v in size)
+    labels = labels.long()
+    if labels.shape[1:] == (h, w):
+        return labels
+    iy = _pil_nearest_index(labels.shape[1], h).to(labels.device)
+    ix = _pil_nearest_index(labels.shape[2], w).to(labels.device)
+    return labels[:, iy][:, :, ix]
 
 
 def balanced_ce(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:

@@ -115,7 +115,7 @@ class V2ASPP(nn.Module):
 
 class DeepLabV2Base(nn.Sequential):
     """Dilated ResNet (output stride 8: layer4 dilation 2, layer5 dilation 4) + ASPP. (B, 3, H, W) -> class
-    logits (B, num_classes, h, w) with h = ceil(ceil(H/2)/2 rounded as the ceil max-pool does)/2 ~ H/8."""
+    logits (B, num_classes, h, w), h ~ H/8 rounded up at each halving (65 -> 9, 321 -> 41, 513 -> 65)."""
 
     def __init__(self, num_classes: int, blocks: Sequence[int], width: int, rates: Sequence[int], norm,
                  stride_in_1x1: bool):

@@ -14,6 +14,7 @@ Released checkpoints and initialisation files of those layouts load with strict 
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -33,7 +34,7 @@ def _norm_layer(frozen: bool, momentum: float = 0.1) -> Callable[[int], nn.Batch
     """A BatchNorm constructor: frozen -> running statistics only (``FixedBatchNorm``), else ordinary BN."""
     if frozen:
         return FixedBatchNorm
-    return lambda c: nn.BatchNorm2d(c, momentum=momentum)
+    return partial(nn.BatchNorm2d, momentum=momentum)  # a partial, not a lambda: the model stays picklable
 
 
 def _freeze_bn_affine(module: nn.Module) -> None:

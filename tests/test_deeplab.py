@@ -20,6 +20,15 @@ TOY_V2 = {"blocks": (1, 1, 1, 1), "width": 8}
 TOY_V3 = {"blocks": (1, 1, 1, 1), "width": 8, "head_channels": 16, "low_channels": 8}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: these small CPU passes gain nothing from more, and lose a lot on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def param_names(model: nn.Module, groups: list[dict]) -> list[list[str]]:
     names = {id(p): n for n, p in model.named_parameters()}
     return [[names[id(p)] for p in g["params"]] for g in groups]

@@ -21,6 +21,15 @@ from tests.parity.util import load_fixture, load_keys, random_state_dict
 REL = 1e-4
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: these small CPU passes gain nothing from more, and lose a lot on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def close(ours: torch.Tensor | np.ndarray, ref: np.ndarray, rel: float = REL) -> None:
     ours = np.asarray(ours)
     assert ours.shape == ref.shape

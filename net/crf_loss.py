@@ -79,7 +79,7 @@ def dense_crf_loss(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor,
     constant and takes W S~ * G for the derivative of S~^T(W S~ * G): it is *not* the exact gradient of E
     (that would be -(W S~ * G + W(S~ * G)) * roi / B); the two agree only where G is constant.
     """
-    kw = dict(scale_factor=scale_factor, recompute_scale_factor=True)
+    kw = {"scale_factor": scale_factor, "recompute_scale_factor": True}
     images = F.interpolate(images, **kw)
     probs = F.interpolate(probs, mode="bilinear", align_corners=False, **kw)
     roi = F.interpolate(roi[:, None].float(), **kw)[:, 0]

@@ -218,7 +218,7 @@ class PUFSConfig:
     ignore_index: int = 255
 
     @classmethod
-    def coco(cls, **kw) -> "PUFSConfig":
+    def coco(cls, **kw) -> PUFSConfig:
         """The published COCO constants (81 classes, thresholds 0.65/0.25/0.45, 80k iterations, 3 phases)."""
         return cls(**{"num_classes": 81, "high_thre": 0.65, "bkg_thre": 0.45, "max_iters": 80000,
                       "fsr_iters": 80000, "schedule": "coco", **kw})
@@ -267,7 +267,8 @@ def pufs_losses(student: nn.Module, teacher: PUFSNet, fsr: FSRLoss, batch: dict,
         if cfg.mask_strategy(n_iter) == "uncertain":
             _, aux2 = multi_scale_cam(net.cams, v2, cfg.cam_scales)
             unc = uncertain_blocks(aux2, cls_labels, grid, cfg.mask_low, cfg.mask_high, cfg.interpolate_mode)
-        mask2 = block_mask(v2.shape[0], grid, cfg.mask_ratio, cfg.block_size // p, unc, generator=generator).to(v2.device)
+        mask2 = block_mask(v2.shape[0], grid, cfg.mask_ratio, cfg.block_size // p, unc, generator=generator)
+        mask2 = mask2.to(v2.device)
         mask = torch.cat([torch.zeros_like(mask2), mask2])
     views = torch.cat([v1, v2])
     out = student(views, mask=mask)
@@ -276,7 +277,7 @@ def pufs_losses(student: nn.Module, teacher: PUFSNet, fsr: FSRLoss, batch: dict,
     losses = {"cls": F.multilabel_soft_margin_loss(out["cls"], cls_labels),
               "cls_aux": F.multilabel_soft_margin_loss(out["cls_aux"], cls_labels)}
     cam1, aux1 = multi_scale_cam(net.cams, v1, cfg.cam_scales)
-    thr = dict(bkg_thre=cfg.bkg_thre, high_thre=cfg.high_thre, low_thre=cfg.low_thre, ignore_index=ig)
+    thr = {"bkg_thre": cfg.bkg_thre, "high_thre": cfg.high_thre, "low_thre": cfg.low_thre, "ignore_index": ig}
     valid_cam, _ = cam_to_label(cam1, cls_labels, ignore_mid=True, **thr)
     pseudo = refine_cams_with_bkg(par, denormalize(v1, quantize=True) / 255.0, valid_cam, cls_labels, cfg.high_thre,
                                   cfg.low_thre, None, ig)
@@ -289,8 +290,9 @@ def pufs_losses(student: nn.Module, teacher: PUFSNet, fsr: FSRLoss, batch: dict,
     _, token_labels = cam_to_label(aux_small, cls_labels, ignore_mid=True, **thr)
     losses["aff"] = ptc_loss(fmap, token_labels, ig)
     losses["fsr_cls"], losses["fsr_pat"] = fsr(t_proj, out["proj"], mask2, teacher_temperature(n_iter, cfg.max_iters))
-    losses["loss"] = (losses["cls"] + losses["cls_aux"] + w["class"] * losses["fsr_cls"] + w["patch"] * losses["fsr_pat"]
-                      + w["aff"] * losses["aff"] + w["seg"] * losses["seg"] + w["reg"] * losses["reg"])
+    losses["loss"] = (losses["cls"] + losses["cls_aux"] + w["class"] * losses["fsr_cls"]
+                      + w["patch"] * losses["fsr_pat"] + w["aff"] * losses["aff"] + w["seg"] * losses["seg"]
+                      + w["reg"] * losses["reg"])
     losses.update(pseudo_label=pseudo, cam=cam1, cam_aux=aux1)
     if mask2 is not None:
         losses["mask"] = mask2

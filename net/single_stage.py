@@ -8,7 +8,7 @@ valid (unpadded) area of each crop, or None for no padding.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -17,8 +17,16 @@ import torch.nn.functional as F
 from net.crf_loss import dense_crf_loss
 from net.heads import DINOHead, LargeFOV, cam, gmp_logits, tokens_to_map
 from net.par import PAR
-from net.single_stage import (box_mask, cam_to_label, denormalize, multi_scale_cam, ptc_loss,
-                              refine_cams_with_bkg, scale_box, seg_loss_bg_fg)
+from net.single_stage import (
+    box_mask,
+    cam_to_label,
+    denormalize,
+    multi_scale_cam,
+    ptc_loss,
+    refine_cams_with_bkg,
+    scale_box,
+    seg_loss_bg_fg,
+)
 from net.vit import ViT
 
 
@@ -175,7 +183,7 @@ class ToCoConfig:
     ignore_index: int = 255
 
     @classmethod
-    def coco(cls, **kw) -> "ToCoConfig":
+    def coco(cls, **kw) -> ToCoConfig:
         """The published COCO constants (81 classes, thresholds 0.65/0.25/0.45, CTC temperature 1.0, 3 phases)."""
         return cls(**{"num_classes": 81, "high_thre": 0.65, "bkg_thre": 0.45, "temp": 1.0, "schedule": "coco", **kw})
 
@@ -219,7 +227,7 @@ def toco_losses(model: nn.Module, batch: dict, n_iter: int, cfg: ToCoConfig, par
     losses = {"cls": F.multilabel_soft_margin_loss(out["cls"], cls_labels),
               "cls_aux": F.multilabel_soft_margin_loss(out["cls_aux"], cls_labels),
               "ctc": ctc_loss(out["proj_s"], out["proj_t"], flags, cfg.temp)}
-    thr = dict(bkg_thre=cfg.bkg_thre, high_thre=cfg.high_thre, low_thre=cfg.low_thre, ignore_index=ig)
+    thr = {"bkg_thre": cfg.bkg_thre, "high_thre": cfg.high_thre, "low_thre": cfg.low_thre, "ignore_index": ig}
     valid_cam, _ = cam_to_label(cams_aux if w["aux"] else cams, cls_labels, ignore_mid=True, img_box=img_box, **thr)
     pseudo = refine_cams_with_bkg(par, denormalize(x, quantize=True) / 255.0, valid_cam, cls_labels, cfg.high_thre,
                                   cfg.low_thre, img_box, ig)

@@ -31,8 +31,8 @@ from misc.errors import UserError
 
 # Architectures of the two ImageNet weight sets the methods use (same shapes; different training).
 ARCHS = {
-    "vit_base_patch16_224": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
-    "deit_base_patch16_224": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    "vit_base_patch16_224": {"patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12},
+    "deit_base_patch16_224": {"patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12},
 }
 
 
@@ -178,7 +178,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             sd = load_file(str(path))
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch and safetensors raise several types for a bad file
+    except Exception as e:  # noqa: BLE001 -- torch and safetensors raise several types for a bad file
         raise UserError(f"{path}: not a loadable torch/safetensors state_dict ({e})") from None
     for key in ("model", "state_dict"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
@@ -216,7 +216,8 @@ def load_imagenet_vit(model: ViT, path: str | Path) -> None:
     optional = ("cls_blocks.", "mask_token", "head.")
     missing = [k for k in own if k not in sd and not k.startswith(optional)]
     unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+              for k in own if k in sd and sd[k].shape != own[k].shape]
     if missing or unexpected or shapes:
         raise UserError(f"{path}: not a ViT-B/16 state_dict matching this model (missing {missing[:3]}, "
                         f"unexpected {unexpected[:3]}, shape mismatch {shapes[:2]}); pass the timm "

@@ -15,7 +15,7 @@ from net.pufs import PUFSConfig, PUFSNet, block_mask, ema_update, uncertain_bloc
 from net.toco import ToCoConfig, ToCoNet
 from net.vit import ViT, load_imagenet_vit
 
-TINY = dict(patch_size=16, embed_dim=32, depth=3, num_heads=2)
+TINY = {"patch_size": 16, "embed_dim": 32, "depth": 3, "num_heads": 2}
 
 
 def dense_kernel(image: torch.Tensor, sigma_rgb: float, sigma_xy: float) -> torch.Tensor:

@@ -32,7 +32,7 @@ STEP_PARAMS = ("top_classifier.weight", "aux_classifier.weight", "encoder.blocks
                "encoder.cls_blocks.1.attn.q.bias", "projector.mlp.4.bias")
 STEPS = (100, 4500)  # 0-based iterations of the two recorded steps: random mask / warm-up temperature / no seg,
 # then uncertain mask / final temperature / seg on
-THR = dict(high_thre=0.7, low_thre=0.25, ignore_index=255)
+THR = {"high_thre": 0.7, "low_thre": 0.25, "ignore_index": 255}
 
 
 def load_published(path: str) -> dict:
@@ -47,9 +47,10 @@ def load_published(path: str) -> dict:
     from models.vit import VisionTransformer
     from utils import camutils, imutils, masking, optim, pyutils
 
-    return dict(fsr=fsr_losses, losses=losses, LargeFOV=LargeFOV, WSSSNetwork=WSSSNetwork, build_model=build_model,
-                PAR=PAR, DINOHead=DINOHead, VisionTransformer=VisionTransformer, camutils=camutils,
-                imutils=imutils, masking=masking, optim=optim, pyutils=pyutils)
+    return {"fsr": fsr_losses, "losses": losses, "LargeFOV": LargeFOV, "WSSSNetwork": WSSSNetwork,
+            "build_model": build_model,
+                "PAR": PAR, "DINOHead": DINOHead, "VisionTransformer": VisionTransformer, "camutils": camutils,
+                "imutils": imutils, "masking": masking, "optim": optim, "pyutils": pyutils}
 
 
 def tiny_network(pub):
@@ -148,8 +149,9 @@ def one_step(pub, student, teacher, par, fsr, mask_gen, images, cls_labels, n_it
     on = float((n_iter + 1) > 2000)
     loss = (cls_loss + aux_loss + 0.1 * fsr_cls + 0.1 * fsr_pat + 0.2 * aff_loss + 0.1 * on * seg_loss
             + 0.05 * on * reg_loss)
-    return dict(cls=cls_loss, cls_aux=aux_loss, fsr_cls=fsr_cls, fsr_pat=fsr_pat, aff=aff_loss, seg=seg_loss,
-                reg=reg_loss, loss=loss, mask2=mask2, pseudo=pseudo, cam_sum=cam1.sum((2, 3)))
+    return {"cls": cls_loss, "cls_aux": aux_loss, "fsr_cls": fsr_cls, "fsr_pat": fsr_pat, "aff": aff_loss,
+            "seg": seg_loss, "reg": reg_loss, "loss": loss, "mask2": mask2, "pseudo": pseudo,
+            "cam_sum": cam1.sum((2, 3))}
 
 
 def step(pub) -> None:
@@ -214,7 +216,8 @@ def step(pub) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--published", required=True, help="checkout of Jessie459/feature-self-reinforcement at " + COMMIT[:8])
+    ap.add_argument("--published", required=True,
+                    help="checkout of Jessie459/feature-self-reinforcement at " + COMMIT[:8])
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     pub = load_published(args.published)

@@ -19,8 +19,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tests.parity.toco_pufs_common import (STEP_SIZE, TINY, normalize, patch_for_cpu, shapes_of, smooth_maps,
-                                           synthetic_images)
+from tests.parity.toco_pufs_common import (
+    STEP_SIZE,
+    TINY,
+    normalize,
+    patch_for_cpu,
+    shapes_of,
+    smooth_maps,
+    synthetic_images,
+)
 from tests.parity.util import random_state_dict, save_fixture, save_keys
 
 COMMIT = "e13514d9a89a6c0b4131392a465fcf368a562b4e"
@@ -29,7 +36,7 @@ META = {"repo": "rulixiang/ToCo", "commit": COMMIT}
 STEP_PARAMS = ("classifier.weight", "aux_classifier.weight", "encoder.blocks.0.norm1.weight",
                "encoder.blocks.3.mlp.fc2.bias", "encoder.cls_token", "encoder.patch_embed.proj.bias",
                "proj_head.mlp.4.bias", "decoder.conv8.weight")
-THR = dict(bkg_thre=0.5, high_thre=0.7, low_thre=0.25, ignore_index=255)
+THR = {"bkg_thre": 0.5, "high_thre": 0.7, "low_thre": 0.25, "ignore_index": 255}
 
 
 def load_published(path: str):
@@ -44,7 +51,8 @@ def load_published(path: str):
 
     backbone.toco_tiny = lambda pretrained=False, **kw: VisionTransformer(
         img_size=64, mlp_ratio=4, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6), **TINY, **kw)
-    return dict(network=network, PAR=PAR, losses=losses, camutils=camutils, imutils=imutils, optimizer=optimizer)
+    return {"network": network, "PAR": PAR, "losses": losses, "camutils": camutils, "imutils": imutils,
+            "optimizer": optimizer}
 
 
 def keys(pub) -> None:
@@ -175,15 +183,14 @@ def step(pub) -> None:
     grads = {f"grad_{k}": named[k].grad.numpy() for k in STEP_PARAMS}
     groups = net.get_param_groups()
     opt = pub["optimizer"].PolyWarmupAdamW(
-        [{"params": groups[0], "lr": 6e-5, "weight_decay": 0.01}, {"params": groups[1], "lr": 6e-5, "weight_decay": 0.01},
-         {"params": groups[2], "lr": 6e-4, "weight_decay": 0.01}, {"params": groups[3], "lr": 6e-4, "weight_decay": 0.01}],
+        [{"params": g, "lr": lr, "weight_decay": 0.01} for g, lr in zip(groups, (6e-5, 6e-5, 6e-4, 6e-4))],
         lr=6e-5, weight_decay=0.01, betas=(0.9, 0.999), warmup_iter=1500, max_iter=20000, warmup_ratio=1e-6, power=0.9)
     opt.global_step = 1600
     opt.step()
     after = net.state_dict()
     deltas = {f"delta_{k}": (after[k] - before[k]).numpy() for k in STEP_PARAMS + ("proj_head_t.mlp.4.bias",)}
-    terms = dict(cls=cls_loss, cls_aux=cls_loss_aux, ptc=ptc_loss, ctc=ctc_loss, seg=seg_loss, reg=reg_loss.sum(),
-                 loss=loss)
+    terms = {"cls": cls_loss, "cls_aux": cls_loss_aux, "ptc": ptc_loss, "ctc": ctc_loss, "seg": seg_loss,
+             "reg": reg_loss.sum(), "loss": loss}
     save_fixture("toco_step", {**META, "n_iter": n_iter, "weights_seed": 10, "rng_seed": 11, "optimizer_step": 1600},
                  image_u8=u8, cls_label=cls_label.numpy(), img_box=img_box.numpy(),
                  cams_sub=cams[..., ::8, ::8].numpy(), cams_aux_sub=cams_aux[..., ::8, ::8].numpy(),

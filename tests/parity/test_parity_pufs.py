@@ -82,7 +82,7 @@ def steps_run():
     batch = {"view1": normalize(u8[:2]), "view2": normalize(u8[2:]), "cls_labels": torch.from_numpy(f["cls_label"])}
     cfg = PUFSConfig(block_size=meta["block_size"])
     fsr, par = FSRLoss(meta["out_dim"]), PAR()
-    opt, sched = warmup_adamw(student.param_groups(), lr=6e-5, weight_decay=0.05, max_iters=20000, warmup_iters=1500,
+    opt, _ = warmup_adamw(student.param_groups(), lr=6e-5, weight_decay=0.05, max_iters=20000, warmup_iters=1500,
                               warmup_ratio=0.1, schedule="cosine")
     gen = torch.Generator().manual_seed(meta["rng_seed"])
     results = []
@@ -98,9 +98,9 @@ def steps_run():
         opt.step()
         ema_update(teacher, student, cosine_momentum(n_iter, cfg.fsr_iters))
         s_after, t_after = student.state_dict(), teacher.state_dict()
-        results.append(dict(out=out, grads=grads, centres=(fsr.class_center.clone(), fsr.patch_center.clone()),
-                            delta={k: s_after[k] - s_before[k] for k in s_after},
-                            tdelta={k: t_after[k] - t_before[k] for k in t_after}))
+        results.append({"out": out, "grads": grads, "centres": (fsr.class_center.clone(), fsr.patch_center.clone()),
+                            "delta": {k: s_after[k] - s_before[k] for k in s_after},
+                            "tdelta": {k: t_after[k] - t_before[k] for k in t_after}})
     return f, results
 
 

@@ -48,7 +48,7 @@ def test_pseudo_label_rule_and_refinement():
     f, _ = load_fixture("toco_labels")
     cam = smooth_maps(f["cam_low"], (48, 56))
     cls_label, img_box = torch.from_numpy(f["cls_label"]), torch.from_numpy(f["img_box"])
-    thr = dict(bkg_thre=0.5, high_thre=0.7, low_thre=0.25)
+    thr = {"bkg_thre": 0.5, "high_thre": 0.7, "low_thre": 0.25}
     valid, train = cam_to_label(cam, cls_label, ignore_mid=True, img_box=img_box, **thr)
     assert np.array_equal(train.numpy(), f["train_label"])
     assert np.array_equal(cam_to_label(cam, cls_label, **thr)[1].numpy(), f["val_label"])

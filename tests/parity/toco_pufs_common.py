@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 # The tiny ViT both sides use for the whole-step parity (published constructors patched to it at run time).
-TINY = dict(patch_size=16, embed_dim=64, depth=4, num_heads=4)
+TINY = {"patch_size": 16, "embed_dim": 64, "depth": 4, "num_heads": 4}
 STEP_SIZE = 96  # crop side of the whole-step fixtures (6 x 6 tokens)
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)

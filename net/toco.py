@@ -36,13 +36,15 @@ class ToCoNet(nn.Module):
     projection head (DINO head to ``ctc_dim``) with its EMA teacher copy ``proj_head_t`` (not trained).
 
     vit: keyword arguments of ``ViT`` (architecture, aux_layer, drop_path_rate, img_size for the stored
-    position-embedding grid; ToCo uses 224).
+    position-embedding grid; ToCo uses 224). The encoder's ImageNet ``head`` is kept for strict checkpoint
+    loading and frozen (it gets no gradient in the published run either), so DDP needs no unused-parameter search.
     """
 
     def __init__(self, num_classes: int = 21, vit: dict | None = None, ctc_dim: int = 1024):
         super().__init__()
         self.num_classes = num_classes
         self.encoder = ViT(**{"num_classes": 1000, **(vit or {}), "cls_mode": "token", "freeze_pos_embed": True})
+        self.encoder.head.requires_grad_(False)  # ImageNet head: in the checkpoints, never used
         d = self.encoder.embed_dim
         self.proj_head = DINOHead(d, ctc_dim)
         self.proj_head_t = DINOHead(d, ctc_dim)

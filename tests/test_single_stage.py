@@ -18,6 +18,16 @@ from net.vit import ViT, load_imagenet_vit
 TINY = {"patch_size": 16, "embed_dim": 32, "depth": 3, "num_heads": 2}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: these small tensors run several times faster than with threads fighting over the
+    shared CPU cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def dense_kernel(image: torch.Tensor, sigma_rgb: float, sigma_xy: float) -> torch.Tensor:
     """(3, H, W) -> the (HW, HW) float64 Gaussian bilateral kernel, by brute force."""
     _, h, w = image.shape

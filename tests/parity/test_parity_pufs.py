@@ -20,6 +20,16 @@ from tests.parity.toco_pufs_common import STEP_SIZE, TINY, normalize, shapes_of
 from tests.parity.util import load_fixture, load_keys, random_state_dict
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: these small tensors run several times faster than with threads fighting over the
+    shared CPU cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def close(a, b, rtol: float, atol: float = 0.0) -> None:
     np.testing.assert_allclose(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64), rtol=rtol, atol=atol)
 
@@ -68,7 +78,7 @@ def test_schedules_at_named_steps():
 
 
 @pytest.fixture(scope="module")
-def steps_run():
+def steps_run(one_thread):
     """Two training steps with the optimiser step (lr at steps 1600, 1601) and the EMA update after each."""
     f, meta = load_fixture("pufs_step")
     shapes = load_keys("pufs_tiny_keys")

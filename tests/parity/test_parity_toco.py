@@ -23,6 +23,16 @@ from tests.parity.toco_pufs_common import TINY, normalize, shapes_of, smooth_map
 from tests.parity.util import load_fixture, load_keys, random_state_dict
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: these small tensors run several times faster than with threads fighting over the
+    shared CPU cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def close(a, b, rtol: float, atol: float = 0.0) -> None:
     np.testing.assert_allclose(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64), rtol=rtol, atol=atol)
 
@@ -88,7 +98,7 @@ def test_poly_warmup_schedule():
 
 
 @pytest.fixture(scope="module")
-def step_run():
+def step_run(one_thread):
     """The whole training step on the tiny network, then one optimiser step (lr at step 1600)."""
     f, meta = load_fixture("toco_step")
     model = ToCoNet(21, vit=dict(img_size=64, **TINY))

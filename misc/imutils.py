@@ -105,9 +105,10 @@ def random_scale_pair(img: np.ndarray, label: np.ndarray, lo: float, hi: float) 
 
 
 def normalize(img: np.ndarray) -> np.ndarray:
-    """ImageNet normalisation of a uint8 RGB image. Returns float32 (H, W, 3)."""
-    x = img.astype(np.float32) / 255.0
-    return (x - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    """ImageNet normalisation of a uint8 RGB image, computed in float64 and rounded once to float32, as IRN's
+    loader does (so inputs are bit-identical to the published code's). Returns float32 (H, W, 3)."""
+    x = img / 255.0
+    return ((x - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)).astype(np.float32)
 
 
 def random_crop(arrays: Sequence[np.ndarray], crop: int, fills: Sequence[float]) -> list[np.ndarray]:

@@ -43,18 +43,18 @@ def record_config(args: argparse.Namespace, name: str) -> None:
                "world_size": dist.world_size(), "args": cfg})
 
 
-def run_steps(args: argparse.Namespace, steps: Sequence[str], name: str) -> None:
+def run_steps(args: argparse.Namespace, steps: Sequence[str], name: str, announce: bool) -> None:
     """Join the process group, record the config as ``config.<name>.json``, run ``steps`` (module names under
-    step/) in order, leave the group. With more than one step each is timed and followed by a barrier under
-    torchrun, so no step reads a file another rank is still writing."""
+    step/) in order, leave the group. With ``announce`` (a pipeline) each step is timed and followed by a
+    barrier under torchrun, so no step reads a file another rank is still writing."""
     dist.init(pick_device(args.device))
     record_config(args, name)
     for s in steps:
         t = time.time()
-        if len(steps) > 1:
+        if announce:
             say(f"== step.{s}")
         importlib.import_module(f"step.{s}").run(args)
-        if len(steps) > 1:
+        if announce:
             dist.barrier()
             say(f"== step.{s} done in {time.time() - t:.1f} s")
     dist.destroy()
@@ -63,7 +63,7 @@ def run_steps(args: argparse.Namespace, steps: Sequence[str], name: str) -> None
 def run_pipeline(config: Config, argv: Sequence[str] | None = None) -> None:
     """run_sample.py: the enabled steps of --method's pipeline (``--<step>_pass``), in order."""
     args = config.parse(argv)
-    run_steps(args, [s for s in config.pipelines[args.method] if getattr(args, f"{s}_pass")], "run_sample")
+    run_steps(args, [s for s in config.pipelines[args.method] if getattr(args, f"{s}_pass")], "run_sample", True)
 
 
 def step_main(name: str) -> None:
@@ -73,6 +73,6 @@ def step_main(name: str) -> None:
 
     def go() -> None:
         config = importlib.import_module("run_sample").CONFIG
-        run_steps(config.parse(sys.argv[1:], steps=(name,)), (name,), name)
+        run_steps(config.parse(sys.argv[1:], steps=(name,)), (name,), name, False)
 
     guarded(go)

@@ -15,8 +15,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
+from misc.crf import confident_labels
 from misc.toy import render_scene
-from step.cam_to_ir_label import confident_labels
 
 
 def _inputs(n: int, h: int, w: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

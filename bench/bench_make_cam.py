@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from misc.data import MultiScaleDataset, SizeBucketSampler, collate_same_size
 from misc.imutils import image_size, pil_resize, read_image
+from misc.samples import MultiScaleDataset, SizeBucketSampler, collate_same_size
+from misc.seeds import multiscale_cams, normalise_keep
 from misc.torchutils import pick_device
 from net.resnet50_cam import CAM
-from step.make_cam import multiscale_cams, normalise_keep
 from voc12.dataloader import VOC12
 from voc12.toy import write_toy_voc
 

@@ -62,7 +62,8 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, K={a.classes}, radius 5, beta 10, t=256, float32")
     cuda = device.type == "cuda"
     head = f"{'size':>8}{'n':>7}{'stencil ms':>12}{'dense ms':>11}{'ratio':>8}{'n×n MB':>9}{'stencil MB':>12}"
-    print(head + (f"{'peak st MB':>12}{'peak dn MB':>12}" if cuda else "") + f"{'st-dn':>10}{'st err':>10}{'dn err':>10}")
+    peaks = f"{'peak st MB':>12}{'peak dn MB':>12}" if cuda else ""
+    print(head + peaks + f"{'st-dn':>10}{'st err':>10}{'dn err':>10}")
     for size in a.sizes:
         h, w = (int(v) for v in size.lower().split("x"))
         n = h * w

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from misc.torchutils import pick_device
 from net.resnet50_cam import Net
-from step.make_rib_cam import rib_seed
+from net.rib import RibSettings, rib_seed
 
 VOC_TRAIN_AUG = 10582
 
@@ -35,9 +35,8 @@ def seconds_per_image(full: bool, device: torch.device, n_images: int) -> float:
         model, size, crop = Net(20, "scratch", width=32, blocks=(1, 1, 1, 1)), (96, 128), 128
     model = model.to(device).eval()
     theta0 = {k: v.clone() for k, v in model.state_dict().items()}
-    args = argparse.Namespace(rib_iters=10, rib_lr=8e-6, rib_tau=0.4, rib_stop_logit=float("inf"), rib_area_thres=0.3,
-                              rib_area_ratio=float("inf"), rib_loss_scales=(1.0, 1.5, 2.0), cam_weight_decay=1e-4,
-                              cam_momentum=1e-4, amp="off")
+    settings = RibSettings(iters=10, lr=8e-6, tau=0.4, stop_logit=float("inf"), area_thres=0.3,
+                           area_ratio=float("inf"), loss_scales=(1.0, 1.5, 2.0), weight_decay=1e-4, momentum=1e-4)
     scales = (1.0, 0.5, 1.5, 2.0)
     g = torch.Generator().manual_seed(0)
     img = torch.randn(1, 3, *size, generator=g)
@@ -56,7 +55,7 @@ def seconds_per_image(full: bool, device: torch.device, n_images: int) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t = time.perf_counter()
-        rib_seed(model, views, scales, label, itertools.repeat(batch), args, size)
+        rib_seed(model, views, scales, label, itertools.repeat(batch), settings, size)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t)

@@ -41,13 +41,14 @@ import torch.nn.functional as F
 
 import run_sample
 from bench import bench_crf, bench_make_cam, bench_rib
+from misc.cli import str2bool
 from misc.imutils import downsample_label
 from misc.indexing import PathIndex
 from misc.randomwalk import dense_random_walk, random_walk
+from misc.seeds import walk_scores
 from misc.torchutils import autocast, pick_device
 from net import resnet50_cam, resnet50_irn
 from net.resnet50_irn import EdgeDisplacement, pair_loss
-from step.make_sem_seg_labels import walk_scores
 
 VOC_TRAIN_AUG = 10582
 
@@ -241,8 +242,8 @@ def bench_random_walk(s: Setting, device: torch.device) -> Row:
         for i in range(len(x)):
             dense_random_walk(x[i], edge[i])
     return Row(f"random walk {tuple(x.shape[2:])} map", "images", rate(dense, len(x), device),
-               rate(lambda: random_walk(x, edge), len(x), device), peak_mb(lambda: dense_random_walk(x[0], edge[0]), device),
-               peak_mb(lambda: random_walk(x, edge), device))
+               rate(lambda: random_walk(x, edge), len(x), device),
+               peak_mb(lambda: dense_random_walk(x[0], edge[0]), device), peak_mb(lambda: random_walk(x, edge), device))
 
 
 def bench_make_sem_seg_labels(s: Setting, device: torch.device, amp: str, cl: bool) -> Row:
@@ -338,15 +339,15 @@ def print_projection(rows: dict[str, Row]) -> None:
 
 
 def main() -> None:
-    defaults = run_sample.build_parser()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", type=str, default="auto")
     p.add_argument("--full", action="store_true", help="ResNet-50, VOC sizes, and the VOC projection (GPU)")
-    p.add_argument("--amp", type=str, default=defaults.get_default("amp"), choices=("off", "bf16"))
-    p.add_argument("--channels_last", type=run_sample.str2bool, default=defaults.get_default("channels_last"))
+    p.add_argument("--amp", type=str, default=run_sample.CONFIG.default("amp"), choices=("off", "bf16"))
+    p.add_argument("--channels_last", type=str2bool, default=run_sample.CONFIG.default("channels_last"))
     for name in COUNTS:
         p.add_argument(f"--{name}", type=int, default=None,
-                       help=f"override the mode's {name} count (quick {getattr(QUICK, name)}, full {getattr(FULL, name)}); fewer is faster and noisier")
+                       help=f"override the mode's {name} count (quick {getattr(QUICK, name)}, full "
+                            f"{getattr(FULL, name)}); fewer is faster and noisier")
     a = p.parse_args()
     counts = {k: getattr(a, k) for k in COUNTS if getattr(a, k) is not None}
     if any(v < 1 for v in counts.values()):
@@ -356,7 +357,8 @@ def main() -> None:
     device = pick_device(a.device)
     torch.manual_seed(0)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    print(f"device: {name}, {torch.get_num_threads()} threads; {'ResNet-50, VOC sizes' if a.full else 'toy net, toy sizes'}"
+    sizes = "ResNet-50, VOC sizes" if a.full else "toy net, toy sizes"
+    print(f"device: {name}, {torch.get_num_threads()} threads; {sizes}"
           f" (images {s.image[1]}x{s.image[0]}, crops {s.crop}); toolkit amp {a.amp}, channels_last {a.channels_last}")
     rows = [bench_make_cam_row(s, device, a.amp, a.channels_last, a.full),
             bench_random_walk(s, device),

@@ -47,7 +47,8 @@ def load_instances(path: str | Path) -> Instances:
         by_num = {int(im["id"]): canonical_id(int(im["id"])) for im in data["images"]}
         anns = data["annotations"]
     except FileNotFoundError:
-        raise UserError(f"{path}: instances JSON not found; put the COCO 2014 annotations/ folder in the root") from None
+        raise UserError(f"{path}: instances JSON not found; put the COCO 2014 annotations/ folder in the root"
+                        ) from None
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path}: not a COCO instances JSON ({type(e).__name__}: {e}); re-extract it") from None
     for cid, name in cats.items():

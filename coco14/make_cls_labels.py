@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from coco14.annotations import load_instances
 from coco14.dataloader import COCO14, SPLITS, canonical_id, instances_json
-from misc.datasets import labels_from_mask
+from misc.dataset_spec import labels_from_mask
 from misc.errors import UserError
 from misc.io import save_json, write_id_list
 

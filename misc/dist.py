@@ -29,11 +29,6 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def local_rank() -> int:
-    """This process's rank on its node (env LOCAL_RANK; 0 without torchrun): the GPU it uses."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
 def is_main() -> bool:
     """True on rank 0, the process that writes shared files (checkpoints, JSON, configs) and prints summaries."""
     return rank() == 0

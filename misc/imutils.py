@@ -31,7 +31,8 @@ def read_label_png(path: str | Path) -> np.ndarray:
     """Read a label PNG keeping its stored values (palette indices, not colours). Returns uint8 (H, W)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: label PNG not found; check the dataset root or the output folder of the step that writes it")
+        raise UserError(f"{path}: label PNG not found; check the dataset root or the output folder of the step that "
+                        "writes it")
     try:
         with Image.open(path) as im:
             if im.mode not in ("P", "L"):

@@ -10,7 +10,8 @@ def search_offsets(radius: int) -> list[tuple[int, int]]:
     (0, dx) for 1 <= dx <= r-1, then (dy, dx) for 1 <= dy <= r-1, -(r-1) <= dx <= r-1, dy² + dx² < r².
     Returns them in that order; r = 10 gives 152 offsets, r = 5 gives 34."""
     offsets = [(0, dx) for dx in range(1, radius)]
-    offsets += [(dy, dx) for dy in range(1, radius) for dx in range(-radius + 1, radius) if dy * dy + dx * dx < radius ** 2]
+    offsets += [(dy, dx) for dy in range(1, radius) for dx in range(-radius + 1, radius)
+                if dy * dy + dx * dx < radius ** 2]
     return offsets
 
 

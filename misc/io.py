@@ -1,12 +1,13 @@
-"""Atomic writers, id lists, labels and the seed (CAM) artifact format."""
+"""Atomic writers, the asynchronous writer of the make-steps, id lists, labels and the seed (CAM) artifact format."""
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -29,6 +30,38 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.remove(tmp)
 
 
+class AsyncWriter:
+    """File writes of a make-step on background threads, so that writing overlaps computing.
+
+    ``with AsyncWriter() as w: w.submit(save_cam, path, ...)``: ``submit(fn, *args)`` queues ``fn(*args)``
+    on one of ``threads`` threads; a failed write is re-raised by a later ``submit`` or, at the latest,
+    when the block ends, which waits for every write.
+    """
+
+    def __init__(self, threads: int = 2):
+        self._pool = ThreadPoolExecutor(threads)
+        self._pending: list[Future] = []
+
+    def submit(self, fn: Callable[..., object], *args: object) -> None:
+        """Queue ``fn(*args)``; raises the error of an earlier write that failed."""
+        done = [f for f in self._pending if f.done()]
+        self._pending = [f for f in self._pending if not f.done()]
+        for f in done:
+            f.result()
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def __enter__(self) -> AsyncWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                for f in self._pending:
+                    f.result()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 def save_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically (indented, keys in insertion order)."""
     with atomic_path(path) as tmp:
@@ -49,7 +82,8 @@ def read_id_list(path: str | Path) -> list[str]:
     """Read an id list: one string id per line; blank lines and anything after the first space are dropped."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: id list not found; run the dataset's make_cls_labels (voc12 or coco14), or pass an existing list file")
+        raise UserError(f"{path}: id list not found; run the dataset's make_cls_labels (voc12 or coco14), or pass an "
+                        "existing list file")
     ids = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
     if not ids:
         raise UserError(f"{path}: id list is empty; regenerate it with make_cls_labels")
@@ -69,7 +103,8 @@ def load_cls_labels(path: str | Path, num_classes: int) -> dict[str, np.ndarray]
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: image-level labels not found; run `python -m voc12.make_cls_labels` (or coco14.make_cls_labels) first")
+        raise UserError(f"{path}: image-level labels not found; run `python -m voc12.make_cls_labels` (or "
+                        "coco14.make_cls_labels) first")
     out = {}
     for k, classes in json.loads(path.read_text()).items():
         v = np.zeros(num_classes, np.float32)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE = 255
+from misc.seeds import IGNORE
 
 
 def confusion_matrix(gt: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
@@ -28,11 +28,6 @@ def iou_from_confusion(conf: np.ndarray) -> np.ndarray:
     union = conf.sum(0) + conf.sum(1) - tp
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
-
-
-def mean_iou(conf: np.ndarray) -> float:
-    """NaN-mean of the per-class IoU (classes absent from GT and prediction are left out)."""
-    return float(np.nanmean(iou_from_confusion(conf)))
 
 
 def fp_fn_rates(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from misc.seeds import IGNORE
+
 SALIENCY_THRESHOLD = 50
 
 
@@ -27,6 +29,6 @@ def saliency_pseudo_label(scores: torch.Tensor, salient: torch.Tensor, alpha: fl
     label = full.argmax(-3).to(torch.uint8)
     if ignore:
         conflict = (full > confident).sum(-3) > max_confident
-        label[conflict] = 255
-        label[salient & (label == 0)] = 255
+        label[conflict] = IGNORE
+        label[salient & (label == 0)] = IGNORE
     return label

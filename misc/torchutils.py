@@ -71,20 +71,3 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     if amp not in ("off", "bf16"):
         raise ValueError(f"unknown amp mode {amp!r} (off or bf16)")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
-
-
-def gndp(cams: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:
-    """RIB's global non-discriminative region pooling of raw class maps.
-
-    cams: (B, C, h, w) raw (un-ReLU'd) maps; labels: (B, C) multi-hot. For a present class whose map has a
-    positive max, z_c = Σ_u F_c(u)·[F_c(u)/max F_c < τ] / (h·w): a masked sum over the full area, the mask
-    detached, so gradients reach only the positions below τ of the peak. Absent classes, and present
-    classes whose max is ≤ 0 (where normalising would flip the sign or divide by zero), pool all positions
-    (plain average pooling). Returns (B, C) logits.
-    """
-    with torch.no_grad():
-        peak = cams.flatten(2).amax(2)
-        guided = (labels > 0) & (peak > 0)
-        ratio = cams / torch.where(guided, peak, torch.ones_like(peak))[..., None, None]
-        mask = ~guided[..., None, None] | (ratio < tau)
-    return (cams * mask).flatten(2).sum(2) / (cams.shape[2] * cams.shape[3])

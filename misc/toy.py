@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-IGNORE = 255
+from misc.seeds import IGNORE
 
 # (short side / long side) choices: a few distinct image shapes, as real datasets have a few dominant sizes
 _ASPECTS = (1.0, 0.875, 0.75)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from misc.seeds import IGNORE
+
 
 def _features(image: torch.Tensor, sigma_rgb: float, sigma_xy: float) -> torch.Tensor:
     """(3, H, W) 0-255 image -> (H*W, 5) float32 features (x/sigma_xy, y/sigma_xy, r, g, b / sigma_rgb) / sqrt(2),
@@ -65,7 +67,7 @@ class _DenseEnergy(torch.autograd.Function):
 
 def dense_crf_loss(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor, labels: torch.Tensor,
                    weight: float = 1e-7, sigma_rgb: float = 15.0, sigma_xy: float = 100.0, scale_factor: float = 0.5,
-                   ignore_index: int = 255) -> torch.Tensor:
+                   ignore_index: int = IGNORE) -> torch.Tensor:
     """rloss's DenseEnergyLoss as ToCo and PUFS use it. Returns weight * E, a scalar.
 
     images: (B, 3, H, W) in 0-255 (de-normalised); probs: (B, K, H, W) softmax of the segmentation logits;

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from misc.optim import teacher_temperature
+from misc.seeds import IGNORE
 from net.crf_loss import dense_crf_loss
 from net.heads import DINOHead, LargeFOV, cam, gmp_logits, tokens_to_map
 from net.par import PAR
@@ -215,7 +216,7 @@ class PUFSConfig:
     w_reg: float = 0.05
     schedule: str = "voc"  # 'voc': seg/reg on after seg_start; 'coco': aff/seg/reg off to 8000, aff off to 12000
     seg_start: int = 2000
-    ignore_index: int = 255
+    ignore_index: int = IGNORE
 
     @classmethod
     def coco(cls, **kw) -> PUFSConfig:

@@ -71,3 +71,10 @@ class CAM(Net):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> ReLU'd class activation maps (B, num_classes, ~H/16, ~W/16), no pooling."""
         return F.relu(F.conv2d(self.features(x), self.classifier.weight))
+
+
+def build(num_classes: int, cam: bool, recipe: str, backbone_width: int,
+          backbone_blocks: tuple[int, int, int, int]) -> Net:
+    """The registry's builder (net.registry): ``Net`` or, with ``cam``, ``CAM`` for a recipe and a shape."""
+    return (CAM if cam else Net)(num_classes=num_classes, recipe=recipe, width=backbone_width,
+                                 blocks=tuple(backbone_blocks))

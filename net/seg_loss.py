@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IGNORE = 255
+from misc.seeds import IGNORE
 
 
 def _pil_nearest_index(n_in: int, n_out: int) -> torch.Tensor:

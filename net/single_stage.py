@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from misc.seeds import IGNORE
 from net.par import PAR
 
 # ImageNet mean and std on the 0-255 scale, the constants ToCo and PUFS de-normalise with.
@@ -77,7 +78,7 @@ def multi_scale_cam(cam_fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.T
 
 def cam_to_label(cam: torch.Tensor, cls_labels: torch.Tensor, bkg_thre: float = 0.5, high_thre: float = 0.7,
                  low_thre: float = 0.25, ignore_mid: bool = False, img_box: torch.Tensor | None = None,
-                 ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
+                 ignore_index: int = IGNORE) -> tuple[torch.Tensor, torch.Tensor]:
     """Pseudo labels from normalised CAMs (B, C-1, H, W): with v = max over the image's classes of the CAM and
     c its argmax, label = c + 1 where v > bkg_thre else 0; with ``ignore_mid`` instead c + 1 where v > high_thre,
     ignore_index where low_thre < v <= high_thre, 0 where v <= low_thre (ToCo also applies bkg_thre first, which
@@ -99,7 +100,7 @@ def cam_to_label(cam: torch.Tensor, cls_labels: torch.Tensor, bkg_thre: float = 
 @torch.no_grad()
 def refine_cams_with_bkg(par: PAR, images01: torch.Tensor, cams: torch.Tensor, cls_labels: torch.Tensor,
                          high_thre: float = 0.7, low_thre: float = 0.25, img_box: torch.Tensor | None = None,
-                         ignore_index: int = 255, down_scale: int = 2) -> torch.Tensor:
+                         ignore_index: int = IGNORE, down_scale: int = 2) -> torch.Tensor:
     """ToCo's two-variant background refinement ("refine_cams_with_bkg_v2").
 
     images01: (B, 3, H, W) in [0, 1]; cams: (B, C-1, H, W) (CAM * labels). For each image, two stacks
@@ -126,7 +127,7 @@ def refine_cams_with_bkg(par: PAR, images01: torch.Tensor, cams: torch.Tensor, c
     return out
 
 
-def seg_loss_bg_fg(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+def seg_loss_bg_fg(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:
     """Split segmentation loss: 0.5 * CE over background-labelled pixels + 0.5 * CE over foreground-labelled
     pixels, each the mean over its own pixels (ignore_index left out). logits (B, C, H, W), labels (B, H, W)."""
     bg = labels.masked_fill(labels != 0, ignore_index)
@@ -135,7 +136,7 @@ def seg_loss_bg_fg(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
                   + F.cross_entropy(logits, fg, ignore_index=ignore_index))
 
 
-def ptc_loss(fmap: torch.Tensor, token_labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+def ptc_loss(fmap: torch.Tensor, token_labels: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:
     """Patch-token contrast: with S = |cos| between the L2-normalised tokens of each image (B, D, h, w) and
     token labels (B, h, w), pairs i != j with both labels valid are positive when the labels agree and negative
     otherwise; loss = 0.5 (1 - sum_pos S / (N_pos + 1)) + 0.5 sum_neg S / (N_neg + 1), sums and counts over the

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from misc.seeds import IGNORE
 from net.crf_loss import dense_crf_loss
 from net.heads import DINOHead, LargeFOV, cam, gmp_logits, tokens_to_map
 from net.par import PAR
@@ -182,7 +183,7 @@ class ToCoConfig:
     schedule: str = "voc"  # 'voc': seg/reg on after seg_start; 'coco': cls only to 8000, seg/reg from aux CAM to 12000
     seg_start: int = 2000
     ptc_box: str = "pixel"  # 'pixel': the published quirk (pixel box applied to the token grid); 'token': scaled
-    ignore_index: int = 255
+    ignore_index: int = IGNORE
 
     @classmethod
     def coco(cls, **kw) -> ToCoConfig:

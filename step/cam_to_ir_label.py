@@ -5,10 +5,11 @@
 For every id of --train_list: the foreground pass labels each pixel with the class of its highest seed
 when above --conf_fg_thres (IRN 0.30), else background, and refines that with a dense CRF; the
 background pass does the same at --conf_bg_thres (IRN 0.05). A pixel is foreground (its class) where the
-foreground pass says a class, background where both passes say background, and 255 elsewhere. Writes
+foreground pass says a class, background where both passes say background, and 255 elsewhere
+(``misc.crf.confident_labels``). Writes
 ``<work_dir>/<ir_label_out_dir>/<id>.png`` (uint8); ids already done are skipped unless --overwrite. The
 CRF is CPU-bound and runs in a process pool of --crf_num_workers. Under torchrun each rank labels its
-share of the ids (``step.common.shard``) with its own pool, and the quality score is reduced over ranks.
+share of the ids (``step.common.parallel.shard``) with its own pool, and the quality score is reduced over ranks.
 """
 from __future__ import annotations
 
@@ -20,32 +21,18 @@ from pathlib import Path
 import numpy as np
 
 from misc import dist
-from misc.crf import crf_inference_label
+from misc.crf import confident_labels
 from misc.errors import UserError
 from misc.imutils import read_image, read_label_png
 from misc.io import load_cam, save_json, save_png
 from misc.metrics import confusion_matrix
-from step.common import PerImageGT, accumulate, get_dataset, load_list, out_path, pending, progress, say, shard, step_main
+from misc.seeds import IGNORE
+from step.common.data import get_dataset, load_list, out_path
+from step.common.entry import step_main
+from step.common.evaluation import PerImageGT, accumulate
+from step.common.parallel import pending, progress, say, shard
 
-
-def confident_labels(img: np.ndarray, high_res: np.ndarray, keys: np.ndarray, fg_thres: float, bg_thres: float,
-                     **crf: float) -> np.ndarray:
-    """IR label of one image. img uint8 (H, W, 3); high_res (K, H, W) max-normalised seeds; keys (K,)
-    0-based classes; ``crf`` overrides crf_inference_label's settings. Returns uint8 (H, W) with values in
-    {0, keys+1, 255}."""
-    if len(keys) == 0:  # an image without classes: all confident background (a 1-label CRF is undefined)
-        return np.zeros(img.shape[:2], np.uint8)
-    lut = np.concatenate([[0], np.asarray(keys, np.int64) + 1]).astype(np.uint8)
-
-    def one_pass(thres: float) -> np.ndarray:
-        idx = np.concatenate([np.full((1,) + high_res.shape[1:], thres, np.float32), high_res]).argmax(0)
-        return lut[crf_inference_label(img, idx, len(lut), **crf)]
-
-    fg, bg = one_pass(fg_thres), one_pass(bg_thres)
-    out = fg.copy()
-    out[fg == 0] = 255
-    out[(fg == 0) & (bg == 0)] = 0
-    return out
+SECTIONS = ("run", "data", "toy", "seeds", "ir_label")  # the flag sections it reads
 
 
 def _work(img_id: str, image_path: Path, cam_dir: Path, out_dir: Path, fg: float, bg: float, iters: int,
@@ -69,7 +56,7 @@ class _IRConfusion(PerImageGT):
     def score(self, img_id: str, gt: np.ndarray) -> np.ndarray:
         n = self.ds.num_classes + 2
         lab = read_label_png(self.label_dir / f"{img_id}.png").astype(np.int64)
-        lab[lab == 255] = n - 1
+        lab[lab == IGNORE] = n - 1
         return confusion_matrix(gt, lab, n)
 
 
@@ -124,4 +111,4 @@ def run(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    step_main("cam_to_ir_label", run)
+    step_main("cam_to_ir_label")

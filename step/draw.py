@@ -15,7 +15,11 @@ from misc.errors import UserError
 from misc.imutils import read_image, read_label_png
 from misc.io import atomic_path, load_cam
 from misc.vis import colorize, overlay, panel
-from step.common import get_dataset, load_list, out_path, progress, say, shard, step_main
+from step.common.data import get_dataset, load_list, out_path
+from step.common.entry import step_main
+from step.common.parallel import progress, say, shard
+
+SECTIONS = ("run", "data", "toy", "seeds", "sem_seg", "draw")  # the flag sections it reads
 
 
 def run(args: argparse.Namespace) -> None:
@@ -49,4 +53,4 @@ def run(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    step_main("draw", run)
+    step_main("draw")

@@ -22,8 +22,11 @@ from misc.errors import UserError
 from misc.imutils import read_label_png
 from misc.io import save_json
 from misc.metrics import confusion_matrix, fp_fn_rates, iou_from_confusion
-from step.common import PerImageGT, accumulate, get_dataset, load_list, out_path, report, step_main
-from step.eval_cam import sweep_thresholds, thresholds_of
+from step.common.data import get_dataset, load_list, out_path
+from step.common.entry import step_main
+from step.common.evaluation import PerImageGT, accumulate, report, sweep_thresholds, thresholds_of
+
+SECTIONS = ("run", "data", "toy", "sem_seg")  # the flag sections it reads
 
 
 class _Confusion(PerImageGT):
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> dict:
               "foreground_fp": float(np.nanmean(fp[1:])), "foreground_fn": float(np.nanmean(fn[1:]))}
     score_dir = pred_dir.with_name(pred_dir.name + "_scores")
     if all((score_dir / f"{i}.npz").is_file() for i in ids):
-        thr = thresholds_of(args.sem_seg_eval_sweep, args.sem_seg_bg_thres, "--sem_seg_eval_sweep")
+        thr = thresholds_of(args.sem_seg_eval_sweep, args.sem_seg_bg_thres)
         s, _, best = sweep_thresholds(ds, ids, score_dir, thr, args.sem_seg_bg_thres, args.num_workers,
                                       "eval_sem_seg sweep")
         columns[f"best thr {s['best']['threshold']:.2f}"] = best
@@ -74,4 +77,4 @@ def run(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    step_main("eval_sem_seg", run)
+    step_main("eval_sem_seg")

@@ -5,7 +5,7 @@
 For every id of --train_list, starting from the trained classifier θ0 each time (restored in memory):
 up to --rib_iters SGD steps (stages 3-4 at lr --rib_lr, classifier 10x, wd --cam_weight_decay, poly
 over the steps, momentum --cam_momentum; conv1 to layer2 stay fixed under either recipe, as the published
-code detaches stage 2's output) on L = -Σ y·z, z the raw logits pooled with ``misc.torchutils.gndp``
+code detaches stage 2's output) on L = -Σ y·z, z the raw logits pooled with ``net.rib.gndp``
 (τ = --rib_tau), summed over the target image at scales --rib_loss_scales with flips and over
 --rib_aux_batch auxiliary images of --rib_aux_list (default --train_list) whose label sets are disjoint
 from the target's (training augmentation of train_cam). Each step first adds the CAMs (ReLU,
@@ -24,98 +24,66 @@ from __future__ import annotations
 
 import argparse
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader, Sampler, default_collate
 
-from misc.data import ClassificationDataset, DisjointBatchSampler, MultiScaleDataset
 from misc import dist
 from misc.dist import PerItemSeed
-from misc.errors import UserError
-from misc.imutils import strided_size
-from misc.io import save_cam
-from misc.torchutils import autocast, gndp, pick_device, poly_optimizer, seed_everything, worker_init_fn
-from step.common import (get_dataset, load_checkpoint, load_labels, load_list, out_path, pending, place, progress,
-                         say, shard, step_main)
-from step.make_cam import normalise_keep, resize_merged
-from step.train_cam import build_classifier
+from misc.io import AsyncWriter, save_cam
+from misc.samples import ClassificationDataset, MultiScaleDataset
+from misc.seeds import normalise_keep
+from misc.torchutils import pick_device, seed_everything, worker_init_fn
+from net.rib import RibSettings, rib_seed
+from step.common.data import get_dataset, load_labels, load_list, out_path
+from step.common.entry import step_main
+from step.common.models import trained_classifier
+from step.common.parallel import pending, place, progress, say, shard
+
+SECTIONS = ("run", "data", "toy", "backbone", "classifier", "seeds", "rib")  # the flag sections it reads
+
+
+class DisjointBatchSampler(Sampler):
+    """Auxiliary batches for RIB: for each target in ``targets`` (in order), ``steps`` batches of ``batch``
+    indices of images whose label set is disjoint from the target's.
+
+    labels: (N, C) multi-hot of the pool; the class-presence bitmask (N, ceil(C/8)) is built once and each
+    target's disjoint set is one vectorised AND over it. Inside a batch indices are distinct (drawn with
+    replacement across batches; a pool smaller than ``batch`` repeats indices). A target with an empty
+    disjoint pool gets empty batches. Target t's batches are drawn from a generator seeded by
+    (``seed``, ``keys[t]``) (default key: t), so with a key that names the image (e.g. a hash of its id)
+    they do not depend on which other targets are in the list (sharding, resuming).
+    """
+
+    def __init__(self, labels: np.ndarray, targets: Sequence[np.ndarray], steps: int, batch: int, seed: int = 0,
+                 keys: Sequence[int] | None = None):
+        self.bits = np.packbits(np.asarray(labels) > 0, axis=1)
+        self.targets = [np.packbits(np.asarray(t) > 0) for t in targets]
+        self.keys = list(range(len(targets)) if keys is None else keys)
+        self.steps, self.batch, self.seed = steps, batch, seed
+
+    def disjoint(self, t: int) -> np.ndarray:
+        """Indices of the pool images sharing no class with target t."""
+        return np.flatnonzero(~(self.bits & self.targets[t]).any(1))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for t in range(len(self.targets)):
+            rng = np.random.default_rng([self.seed, self.keys[t]])
+            pool = self.disjoint(t)
+            for _ in range(self.steps):
+                if len(pool) == 0:
+                    yield []
+                else:
+                    yield rng.choice(pool, self.batch, replace=len(pool) < self.batch).tolist()
+
+    def __len__(self) -> int:
+        return len(self.targets) * self.steps
 
 
 def _collate_aux(items: list[dict]) -> dict | None:
     return default_collate(items) if items else None
-
-
-def area_exploded(merged: torch.Tensor, keys: torch.Tensor, thres: float, ratio: float) -> bool:
-    """RIB's area stop: merged (C, h, w) ReLU'd CAM of one image; True when the union over ``keys`` of
-    (map / its max > thres) covers more than ``ratio`` of the positions."""
-    x = merged[keys]
-    x = x / x.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
-    return (x > thres).any(0).float().mean().item() > ratio
-
-
-def rib_seed(model: torch.nn.Module, views: list[torch.Tensor], scales: tuple[float, ...], label: torch.Tensor,
-             aux_batches, args: argparse.Namespace, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Run RIB on one image from the model's current weights (the caller restores θ0).
-
-    views: per scale (1, 2, 3, h_s, w_s) on the model's device; label: (C,) multi-hot there; aux_batches:
-    an iterator giving one auxiliary batch ({'img', 'label'} or None) per step. Freezes stages 1-2 of ``model``
-    (``freeze_early_stages``). Returns (strided (C, h, w), high_res (C, H, W)) seed sums over all classes,
-    unnormalised, and the number of updates taken.
-    """
-    keys = torch.nonzero(label)[:, 0]
-    if len(keys) == 0:  # nothing to localise (an image without classes): all background
-        for _ in range(args.rib_iters):
-            next(aux_batches)
-        c = label.shape[0]
-        return label.new_zeros((c,) + strided_size(size, 4)), label.new_zeros((c,) + tuple(size)), 0
-    model.freeze_early_stages()  # as published (stage 2's output detached), whatever recipe trained them
-    bb, head = model.trainable_parameters()
-    opt, sched = poly_optimizer(
-        "sgd", [{"params": bb, "lr": args.rib_lr, "weight_decay": args.cam_weight_decay},
-                {"params": head, "lr": 10 * args.rib_lr, "weight_decay": args.cam_weight_decay}],
-        args.rib_iters, momentum=args.cam_momentum)
-    order = sorted(range(len(scales)), key=lambda i: scales[i] != 1.0)  # scale 1.0 first, for the area stop
-    loss_scales = set(args.rib_loss_scales)
-    amp = autocast(label.device, args.amp)
-    strided = high = 0.0
-    updates = 0
-    for step in range(args.rib_iters):
-        aux = next(aux_batches)
-        pooled, stop = [], False
-        for i in order:
-            need_grad = scales[i] in loss_scales
-            with torch.set_grad_enabled(need_grad), amp:
-                raw = model.raw_cam(views[i][0]).float()  # (2, C, h, w)
-            s, h = resize_merged(torch.relu(raw.detach())[None], size)
-            strided, high = strided + s[0], high + h[0]
-            if scales[i] == 1.0 and step > 0 and \
-                    area_exploded(torch.relu(raw[0].detach()) + torch.relu(raw[1].detach()).flip(-1), keys,
-                                  args.rib_area_thres, args.rib_area_ratio):
-                stop = True
-                break
-            if need_grad:
-                pooled.append(gndp(raw, label.expand(2, -1), args.rib_tau))
-        if stop:
-            break
-        target = -(torch.cat(pooled) * label).sum()
-        loss = target
-        if aux is not None:
-            a_img, a_lab = aux["img"].to(label.device, non_blocking=True), aux["label"].to(label.device)
-            with amp:
-                a_cam = model.raw_cam(a_img).float()
-            loss = loss - (gndp(a_cam, a_lab, args.rib_tau) * a_lab).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        updates += 1
-        if abs(target.item()) > args.rib_stop_logit:
-            break
-    for _ in range(step + 1, args.rib_iters):  # keep the auxiliary stream aligned with the next target
-        next(aux_batches)
-    return strided, high, updates
 
 
 def run(args: argparse.Namespace) -> None:
@@ -131,11 +99,11 @@ def run(args: argparse.Namespace) -> None:
     if not todo:
         say(f"make_rib_cam: all {len(all_ids)} seeds exist in {out_dir}")
         return
-    if 1.0 not in args.cam_scales or not set(args.rib_loss_scales) <= set(args.cam_scales):
-        raise UserError(f"--rib_loss_scales {args.rib_loss_scales}: must be among --cam_scales {args.cam_scales}, "
-                        "which must hold 1.0 (the area stop looks at it)")
-    model = build_classifier(args, ds.num_classes)
-    load_checkpoint(model, out_path(args, args.cam_weights_name))
+    settings = RibSettings(iters=args.rib_iters, lr=args.rib_lr, tau=args.rib_tau, stop_logit=args.rib_stop_logit,
+                           area_thres=args.rib_area_thres, area_ratio=args.rib_area_ratio,
+                           loss_scales=tuple(args.rib_loss_scales), weight_decay=args.cam_weight_decay,
+                           momentum=args.cam_momentum, amp=args.amp)
+    model = trained_classifier(args, ds.num_classes)
     model = place(model, device, args.channels_last).eval()  # BatchNorm on running statistics, as IRN's frozen BN
     theta0 = {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -152,22 +120,18 @@ def run(args: argparse.Namespace) -> None:
               for n, b in enumerate(sampler))  # PerItemSeed keys: augmentation fixed per target, step, slot
     aux_batches = iter(DataLoader(PerItemSeed(aux), batch_sampler=salted, collate_fn=_collate_aux, **kw))
     steps_taken = []
-    with ThreadPoolExecutor(2) as writer, progress(total=len(mine), desc="make_rib_cam") as bar:
-        writes = []
+    with AsyncWriter() as writer, progress(total=len(mine), desc="make_rib_cam") as bar:
         for item in target_loader:
             model.load_state_dict(theta0)
             label = item["label"].to(device)
             views = [v.to(device, non_blocking=True)[None] for v in item["img"]]
-            strided, high, n = rib_seed(model, views, tuple(args.cam_scales), label, aux_batches, args,
+            strided, high, n = rib_seed(model, views, tuple(args.cam_scales), label, aux_batches, settings,
                                         tuple(item["size"]))
             steps_taken.append(n)
             keys = torch.nonzero(label)[:, 0]
-            writes.append(writer.submit(save_cam, out_dir / f"{item['name']}.npz", keys.cpu().numpy(),
-                                         normalise_keep(strided, keys).cpu().numpy(),
-                                         normalise_keep(high, keys).cpu().numpy()))
+            writer.submit(save_cam, out_dir / f"{item['name']}.npz", keys.cpu().numpy(),
+                          normalise_keep(strided, keys).cpu().numpy(), normalise_keep(high, keys).cpu().numpy())
             bar.update()
-        for f in writes:
-            f.result()
     images, updates, early = dist.sum_over_ranks(np.array([len(steps_taken), sum(steps_taken),
                                                            sum(n < args.rib_iters for n in steps_taken)]))
     say(f"make_rib_cam: {len(todo)} seeds -> {out_dir} (updates per image: mean {updates / images:.2f}, "
@@ -175,4 +139,4 @@ def run(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    step_main("make_rib_cam", run)
+    step_main("make_rib_cam")

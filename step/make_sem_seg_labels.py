@@ -3,44 +3,47 @@
     python -m step.make_sem_seg_labels [flags of run_sample.py]
 
 For every id of --infer_list: the boundary map B (mean of the image's and its flip's logits, sigmoid) at
-stride 4 (images zero-padded bottom/right to at least --sem_seg_canvas, default --irn_crop_size as IRN, and to
-a multiple of 16); each class seed (the stride-4 ``cam`` of the seed file, raised to --sem_seg_power, IRN 1) is
-attenuated to cam ⊙ (1 - B) and walked 2^--exp_times steps over the affinities (1 - max B on the path)^--beta
-of all pixel pairs within --sem_seg_radius (``misc.randomwalk.random_walk``: a stencil on the device,
-never the n x n matrix, any image size). The result is upsampled x4, divided by its global max, and each
-pixel takes the class of its highest score, or background below --sem_seg_bg_thres (IRN 0.25). Writes
-``<sem_seg_out_dir>/<id>.png`` (palette PNG of 0..C) and, with --sem_seg_save_scores, the normalised scores
-before the threshold to ``<sem_seg_out_dir>_scores/<id>.npz`` (the seed format of misc.io.save_cam) so
-eval_sem_seg can sweep the threshold offline. Images of one size are walked together
-(--sem_seg_batch_images); ids whose PNG exists are skipped unless --overwrite. Under torchrun each rank
-takes every W-th batch of same-size images (``step.common.bucketed_loader``). With --amp bf16 only IRNet's pass runs in bf16; the
-walk runs in fp32.
+stride 4 (images zero-padded bottom/right to at least --sem_seg_canvas, default --irn_crop_size as IRN, and
+to a multiple of 16); each class seed (the stride-4 ``cam`` of the seed file, raised to --sem_seg_power,
+IRN 1) is attenuated to cam ⊙ (1 - B) and walked 2^--exp_times steps over the affinities
+(1 - max B on the path)^--beta of all pixel pairs within --sem_seg_radius (``misc.seeds.walk_scores``,
+``misc.randomwalk.random_walk``: a stencil on the device, never the n x n matrix, any image size). The
+result is upsampled x4, divided by its global max, and each pixel takes the class of its highest score, or
+background below --sem_seg_bg_thres (IRN 0.25). Writes ``<sem_seg_out_dir>/<id>.png`` (palette PNG of
+0..C) and, with --sem_seg_save_scores, the normalised scores before the threshold to
+``<sem_seg_out_dir>_scores/<id>.npz`` (the seed format of misc.io.save_cam) so eval_sem_seg can sweep the
+threshold offline. Images of one size are walked together (--sem_seg_batch_images); ids whose PNG exists
+are skipped unless --overwrite. Under torchrun each rank takes every W-th batch of same-size images
+(``step.common.parallel.bucketed_loader``). With --amp bf16 only IRNet's pass runs in bf16; the walk runs
+in fp32.
 """
 from __future__ import annotations
 
 import argparse
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from misc.data import MultiScaleDataset
+from misc.dataset_spec import DatasetSpec
 from misc.errors import UserError
 from misc.imutils import strided_size
-from misc.io import load_cam, save_cam, save_png
-from misc.randomwalk import random_walk
+from misc.io import AsyncWriter, load_cam, save_cam, save_png
+from misc.samples import MultiScaleDataset
+from misc.seeds import label_from_scores, walk_scores
 from misc.torchutils import autocast, pick_device
 from net.resnet50_irn import LEGACY_BUFFER_PREFIXES, EdgeDisplacement
-from step.common import (bucketed_loader, get_dataset, load_checkpoint, load_labels, load_list, out_path, pending,
-                         place, progress, say, step_main)
+from step.common.checkpoints import load_checkpoint
+from step.common.data import get_dataset, load_labels, load_list, out_path
+from step.common.entry import step_main
+from step.common.parallel import bucketed_loader, pending, place, progress, say
+
+SECTIONS = ("run", "data", "toy", "backbone", "seeds", "irn", "sem_seg")  # the flag sections it reads
 
 
 class _WalkInput(MultiScaleDataset):
     """MultiScaleDataset at scale 1 plus the seed: item adds 'keys' (K,) and 'cam' (K, h, w) stride-4 seeds."""
 
-    def __init__(self, ds, ids: list[str], labels: dict, cam_dir: Path):
+    def __init__(self, ds: DatasetSpec, ids: list[str], labels: dict, cam_dir: Path):
         super().__init__(ds.image_path, ids, labels, scales=(1.0,))
         self.cam_dir = cam_dir
 
@@ -57,39 +60,6 @@ def _collate(items: list[dict]) -> dict:
     return {"name": [it["name"] for it in items], "size": tuple(items[0]["size"]),
             "img": torch.stack([it["img"] for it in items]), "keys": [it["keys"] for it in items],
             "cam": [it["cam"] for it in items]}
-
-
-def walk_scores(cams: list[torch.Tensor], boundary: torch.Tensor, size: tuple[int, int], power: float,
-                radius: int, beta: float, exp_times: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Random-walked class scores of a batch of same-size images, divided by each image's global max.
-
-    cams: per image (K_i, h, w) stride-4 seeds; boundary: (N, 1, h, w) in [0, 1]; size: the images' (H, W).
-    Returns per image (stride-4 scores (K_i, h, w), full-size scores (K_i, H, W)), both divided by the max of
-    the full-size (bilinear x4) scores, as IRN normalises; K_i = 0 gives empty maps.
-    """
-    kmax = max(c.shape[0] for c in cams)
-    n, _, h, w = boundary.shape
-    if kmax == 0:
-        return [(boundary.new_zeros(0, h, w), boundary.new_zeros((0,) + tuple(size))) for _ in cams]
-    x = boundary.new_zeros(n, kmax, h, w)
-    for j, c in enumerate(cams):
-        x[j, :c.shape[0]] = c.to(x.device, x.dtype).clamp_min(0) ** power
-    rw = random_walk(x, boundary, radius=radius, beta=beta, exp_times=exp_times)
-    up = F.interpolate(rw, scale_factor=4, mode="bilinear", align_corners=False)[..., :size[0], :size[1]]
-    out = []
-    for j, c in enumerate(cams):
-        k = c.shape[0]
-        peak = up[j, :k].max().clamp_min(1e-12) if k else 1.0
-        out.append((rw[j, :k] / peak, up[j, :k] / peak))
-    return out
-
-
-def label_from_scores(scores: torch.Tensor, keys: np.ndarray, bg_thres: float) -> np.ndarray:
-    """uint8 (H, W) label: 0 where every score (K, H, W) is below ``bg_thres`` (ties to background), else
-    keys[argmax] + 1."""
-    lut = np.concatenate([[0], np.asarray(keys, np.int64) + 1]).astype(np.uint8)
-    full = F.pad(scores, (0, 0, 0, 0, 1, 0), value=bg_thres)
-    return lut[full.argmax(0).cpu().numpy()]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -110,25 +80,22 @@ def run(args: argparse.Namespace) -> None:
     model = place(model, device, args.channels_last).eval()
     data = _WalkInput(ds, todo, labels, out_path(args, args.cam_out_dir))
     loader = bucketed_loader(ds, data, todo, args.sem_seg_batch_images, _collate, args.num_workers, device)
-    with torch.no_grad(), ThreadPoolExecutor(2) as writer, progress(total=sum(map(len, loader.batch_sampler)), desc="make_sem_seg_labels") as bar:
-        writes = []
+    total = sum(map(len, loader.batch_sampler))
+    with torch.no_grad(), AsyncWriter() as writer, progress(total=total, desc="make_sem_seg_labels") as bar:
         for b in loader:
             with autocast(device, args.amp):
                 boundary, _ = model(b["img"].to(device, non_blocking=True))
             scores = walk_scores(b["cam"], boundary.float(), b["size"], args.sem_seg_power, args.sem_seg_radius,
                                  args.beta, args.exp_times)
             for name, keys, (small, full) in zip(b["name"], b["keys"], scores):
-                writes.append(writer.submit(save_png, out_dir / f"{name}.png",
-                                             label_from_scores(full, keys, args.sem_seg_bg_thres), ds.palette))
+                writer.submit(save_png, out_dir / f"{name}.png", label_from_scores(full, keys, args.sem_seg_bg_thres),
+                              ds.palette)
                 if args.sem_seg_save_scores:
-                    writes.append(writer.submit(save_cam, score_dir / f"{name}.npz", keys, small.cpu().numpy(),
-                                                 full.cpu().numpy()))
+                    writer.submit(save_cam, score_dir / f"{name}.npz", keys, small.cpu().numpy(), full.cpu().numpy())
             bar.update(len(b["name"]))
-        for f in writes:
-            f.result()
     say(f"make_sem_seg_labels: {len(todo)} pseudo labels -> {out_dir}"
         + (f" (scores -> {score_dir})" if args.sem_seg_save_scores else ""))
 
 
 if __name__ == "__main__":
-    step_main("make_sem_seg_labels", run)
+    step_main("make_sem_seg_labels")

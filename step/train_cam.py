@@ -13,28 +13,24 @@ statistics (SyncBatchNorm has no CPU kernel). --recipe irn freezes them, which m
 from __future__ import annotations
 
 import argparse
-import importlib
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from misc import dist
-from misc.data import ClassificationDataset
-from misc.dist import PerItemSeed, RankShuffle
 from misc.errors import UserError
+from misc.samples import ClassificationDataset
 from misc.torchutils import autocast, pick_device, poly_optimizer, seed_everything, worker_init_fn
 from net.resnet50 import load_imagenet_weights
-from step.common import (EpochResume, distribute, get_dataset, load_labels, load_list, out_path, place, progress, rank_batch,
-                         save_checkpoint, say, shard, step_main)
+from step.common.checkpoints import EpochResume
+from step.common.data import get_dataset, load_labels, load_list, out_path
+from step.common.entry import step_main
+from step.common.models import classifier
+from step.common.parallel import place, rank_batch, say, shard, train_loader
+from step.common.training import fit
 
-
-def build_classifier(args: argparse.Namespace, num_classes: int, cam: bool = False) -> torch.nn.Module:
-    """The --cam_network module's ``Net`` (or ``CAM`` for inference) for this run's recipe and width."""
-    mod = importlib.import_module(args.cam_network)
-    cls = mod.CAM if cam else mod.Net
-    return cls(num_classes=num_classes, recipe=args.recipe, width=args.backbone_width,
-               blocks=tuple(args.backbone_blocks))
+SECTIONS = ("run", "data", "toy", "backbone", "classifier")  # the flag sections it reads
 
 
 def _val_loss(model: torch.nn.Module, loader: DataLoader, device: torch.device, amp: str) -> float:
@@ -60,20 +56,17 @@ def run(args: argparse.Namespace) -> None:
     ds = get_dataset(args)
     ids, val_ids = load_list(args, args.train_list), load_list(args, args.val_list)
     labels = load_labels(args, ds, ids + val_ids)
-    if len(ids) < args.cam_batch_size:
-        raise UserError(f"--train_list {args.train_list}: {len(ids)} ids, fewer than --cam_batch_size {args.cam_batch_size}")
-    batch = rank_batch(args.cam_batch_size, "--cam_batch_size")
-    train = PerItemSeed(ClassificationDataset(ds.image_path, ids, labels, crop=args.cam_crop_size,
-                                              resize_long=tuple(args.cam_resize_long)))
+    train = ClassificationDataset(ds.image_path, ids, labels, crop=args.cam_crop_size,
+                                  resize_long=tuple(args.cam_resize_long))
+    loader = train_loader(train, args.cam_batch_size, "--cam_batch_size", args.train_list, args.seed,
+                          args.num_workers, device)
     val = ClassificationDataset(ds.image_path, shard(val_ids), labels, crop=args.cam_crop_size, resize_long=None,
                                 flip=False)
-    kw = dict(num_workers=args.num_workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn,
-              persistent_workers=args.num_workers > 0)
-    sampler = RankShuffle(len(ids), args.seed)
-    train_loader = DataLoader(train, batch, sampler=sampler, drop_last=True, **kw)
-    val_loader = DataLoader(val, batch, shuffle=False, **kw)
+    val_loader = DataLoader(val, rank_batch(args.cam_batch_size, "--cam_batch_size"), shuffle=False,
+                            num_workers=args.num_workers, pin_memory=device.type == "cuda",
+                            worker_init_fn=worker_init_fn, persistent_workers=args.num_workers > 0)
 
-    model = build_classifier(args, ds.num_classes)
+    model = classifier(args, ds.num_classes)
     if args.pretrained_weights:
         load_imagenet_weights(model.resnet50, args.pretrained_weights)
     elif args.recipe == "irn":
@@ -87,28 +80,21 @@ def run(args: argparse.Namespace) -> None:
         [{"params": bb, "lr": args.cam_learning_rate, "weight_decay": args.cam_weight_decay},
          {"params": head, "lr": 10 * args.cam_learning_rate, "weight_decay": args.cam_weight_decay}],
         max_step, momentum=args.cam_momentum)
+
+    def loss(forward, b: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = forward(b["img"].to(device, non_blocking=True))
+        value = F.multilabel_soft_margin_loss(logits, b["label"].to(device, non_blocking=True))
+        return value, {"loss": value / dist.world_size()}  # the ranks' shares add up to the total batch's mean
+
+    def on_epoch(epoch: int, mean: dict, last: dict) -> None:
+        say(f"train_cam epoch {epoch}: last loss {last['loss']:.4f}, "
+            f"val loss {_val_loss(model, val_loader, device, args.amp):.4f}")
+
     weights = out_path(args, args.cam_weights_name)
-    resume = EpochResume(args, weights)
-    start = resume.load(model, opt, sched)
-    net = distribute(model, device, sync_bn=args.recipe == "scratch")
-    for ep in range(start, args.cam_num_epoches):
-        sampler.set_epoch(ep)
-        bar = progress(train_loader, desc=f"train_cam epoch {ep + 1}/{args.cam_num_epoches}", leave=False)
-        for b in bar:
-            with autocast(device, args.amp):
-                logits = net(b["img"].to(device, non_blocking=True))
-            loss = F.multilabel_soft_margin_loss(logits.float(), b["label"].to(device, non_blocking=True))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{opt.param_groups[0]['lr']:.4f}")
-        last = dist.all_reduce_(loss.detach().clone()).item() / dist.world_size()  # the total batch's mean
-        say(f"train_cam epoch {ep + 1}: last loss {last:.4f}, val loss {_val_loss(model, val_loader, device, args.amp):.4f}")
-        resume.save(model, opt, sched, ep + 1)
-    save_checkpoint(model, weights, "classifier")
-    resume.clear()
+    resume = EpochResume(args, weights, ("backbone", "classifier"))
+    fit("train_cam", model, loader, opt, sched, args.cam_num_epoches, loss, device, args.amp, resume, weights,
+        "classifier", sync_bn=args.recipe == "scratch", on_epoch=on_epoch)
 
 
 if __name__ == "__main__":
-    step_main("train_cam", run)
+    step_main("train_cam")

@@ -25,17 +25,21 @@ import torch
 from torch.utils.data import DataLoader
 
 from misc import dist
-from misc.data import ClassificationDataset, SegmentationDataset
-from misc.dist import PerItemSeed, RankShuffle
 from misc.errors import UserError
 from misc.imutils import downsample_label
 from misc.indexing import PathIndex
+from misc.samples import ClassificationDataset, SegmentationDataset
 from misc.torchutils import autocast, pick_device, poly_optimizer, seed_everything, worker_init_fn
 from net.resnet50 import load_imagenet_weights
 from net.resnet50_irn import Net, affinity_displacement_loss
-from step.common import (EpochResume, distribute, get_dataset, load_checkpoint, load_labels, load_list, out_path,
-                         place, progress, rank_batch, save_checkpoint, say, shard, step_main)
-from step.train_cam import build_classifier
+from step.common.checkpoints import EpochResume
+from step.common.data import get_dataset, load_labels, load_list, out_path
+from step.common.entry import step_main
+from step.common.models import trained_classifier
+from step.common.parallel import place, progress, rank_batch, say, shard, train_loader
+from step.common.training import fit
+
+SECTIONS = ("run", "data", "toy", "backbone", "classifier", "ir_label", "irn")  # the flag sections it reads
 
 
 def build_irn(args: argparse.Namespace, num_classes: int) -> Net:
@@ -48,9 +52,7 @@ def build_irn(args: argparse.Namespace, num_classes: int) -> Net:
                             "(or --irn_init cam to start from the trained classifier)")
         load_imagenet_weights(model.resnet50, args.pretrained_weights)
     else:
-        classifier = build_classifier(args, num_classes)
-        load_checkpoint(classifier, out_path(args, args.cam_weights_name))
-        model.resnet50.load_state_dict(classifier.resnet50.state_dict())
+        model.resnet50.load_state_dict(trained_classifier(args, num_classes).resnet50.state_dict())
     return model
 
 
@@ -80,8 +82,6 @@ def run(args: argparse.Namespace) -> None:
     seed_everything(args.seed, args.deterministic)
     device = pick_device(args.device)
     ds = get_dataset(args)
-    if args.irn_crop_size % 16:
-        raise UserError(f"--irn_crop_size {args.irn_crop_size}: must be a multiple of 16")
     ids, infer_ids = load_list(args, args.train_list), load_list(args, args.infer_list)
     labels = load_labels(args, ds, infer_ids)
     label_dir = out_path(args, args.ir_label_out_dir)
@@ -89,14 +89,10 @@ def run(args: argparse.Namespace) -> None:
     if missing:
         raise UserError(f"{label_dir}: no IR label for {len(missing)} ids of --train_list (first {missing[0]}); "
                         "run step.cam_to_ir_label first")
-    if len(ids) < args.irn_batch_size:
-        raise UserError(f"--train_list {args.train_list}: {len(ids)} ids, fewer than --irn_batch_size {args.irn_batch_size}")
-    batch = rank_batch(args.irn_batch_size, "--irn_batch_size")
-    train = PerItemSeed(SegmentationDataset(ds.image_path, lambda i: label_dir / f"{i}.png", ids,
-                                            crop=args.irn_crop_size, rescale=tuple(args.irn_rescale)))
-    kw = dict(num_workers=args.num_workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn)
-    sampler = RankShuffle(len(ids), args.seed)
-    loader = DataLoader(train, batch, sampler=sampler, drop_last=True, persistent_workers=args.num_workers > 0, **kw)
+    train = SegmentationDataset(ds.image_path, lambda i: label_dir / f"{i}.png", ids, crop=args.irn_crop_size,
+                                rescale=tuple(args.irn_rescale))
+    loader = train_loader(train, args.irn_batch_size, "--irn_batch_size", args.train_list, args.seed,
+                          args.num_workers, device)
     side = args.irn_crop_size // 4
     index = PathIndex(args.irn_radius, (side, side)).to(device)
 
@@ -107,38 +103,34 @@ def run(args: argparse.Namespace) -> None:
         "sgd", [{"params": edge_params, "lr": args.irn_learning_rate, "weight_decay": args.irn_weight_decay},
                 {"params": dp_params, "lr": 10 * args.irn_learning_rate, "weight_decay": args.irn_weight_decay}],
         max_step, momentum=args.irn_momentum)
-    weights = out_path(args, args.irn_weights_name)
-    resume = EpochResume(args, weights)
-    start = resume.load(model, opt, sched)
-    net, world = distribute(model, device), dist.world_size()
+    world = dist.world_size()
     names = ("pos_aff", "neg_aff", "dp_fg", "dp_bg", "total")
-    for ep in range(start, args.irn_num_epoches):
-        sampler.set_epoch(ep)
-        sums = torch.zeros(len(names), dtype=torch.float64, device=device)
-        bar = progress(loader, desc=f"train_irn epoch {ep + 1}/{args.irn_num_epoches}", leave=False)
-        for b in bar:
-            with autocast(device, args.amp):
-                edge, dp = net(b["img"].to(device, non_blocking=True))
-            small = downsample_label(b["label"].to(device, non_blocking=True), 4)
-            losses = affinity_displacement_loss(edge.float(), dp.float(), small, index, ds.num_classes,
-                                                global_counts=dist.all_reduce_)
-            opt.zero_grad(set_to_none=True)
-            (world * losses["total"]).backward()  # DDP averages over the ranks: the gradient of the sum
-            opt.step()
-            sched.step()
-            sums += torch.stack([losses[k].detach() for k in names])
-            bar.set_postfix(loss=f"{world * losses['total'].item():.4f}")
-        sums = dist.all_reduce_(sums) / len(loader)  # this epoch's mean losses over the total batches
-        say(f"train_irn epoch {ep + 1}: mean " + ", ".join(f"{k} {v:.4f}" for k, v in zip(names, sums.tolist())))
-        resume.save(model, opt, sched, ep + 1)
 
-    infer = ClassificationDataset(ds.image_path, shard(infer_ids), labels, crop=args.irn_crop_size, resize_long=None,
-                                  flip=False)
-    mean = calibrate_mean_shift(model, DataLoader(infer, batch, shuffle=False, **kw), device, args.amp)
-    say(f"train_irn: mean shift (dy, dx) = ({mean[0]:.4f}, {mean[1]:.4f}) over {len(infer_ids)} images of --infer_list")
-    save_checkpoint(model, weights, "IRN")
-    resume.clear()
+    def loss(forward, b: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        edge, dp = forward(b["img"].to(device, non_blocking=True))
+        small = downsample_label(b["label"].to(device, non_blocking=True), 4)
+        losses = affinity_displacement_loss(edge, dp, small, index, ds.num_classes, global_counts=dist.all_reduce_)
+        # the ranks' losses add up to the total batch's (pair counts summed over ranks); DDP averages the
+        # gradients over the ranks, so each rank backpropagates world x its share: the gradient of the sum
+        return world * losses["total"], {k: losses[k] for k in names}
+
+    def on_epoch(epoch: int, mean: dict, last: dict) -> None:
+        say(f"train_irn epoch {epoch}: mean " + ", ".join(f"{k} {v:.4f}" for k, v in mean.items()))
+
+    def finalize(model: Net) -> None:
+        infer = ClassificationDataset(ds.image_path, shard(infer_ids), labels, crop=args.irn_crop_size,
+                                      resize_long=None, flip=False)
+        batch = rank_batch(args.irn_batch_size, "--irn_batch_size")
+        kw = dict(num_workers=args.num_workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn)
+        mean = calibrate_mean_shift(model, DataLoader(infer, batch, shuffle=False, **kw), device, args.amp)
+        say(f"train_irn: mean shift (dy, dx) = ({mean[0]:.4f}, {mean[1]:.4f}) over {len(infer_ids)} images of "
+            "--infer_list")
+
+    weights = out_path(args, args.irn_weights_name)
+    resume = EpochResume(args, weights, ("backbone", "irn"), ("ir_label_out_dir", "cam_weights_name"))
+    fit("train_irn", model, loader, opt, sched, args.irn_num_epoches, loss, device, args.amp, resume, weights, "IRN",
+        on_epoch=on_epoch, finalize=finalize)
 
 
 if __name__ == "__main__":
-    step_main("train_irn", run)
+    step_main("train_irn")

@@ -10,7 +10,7 @@ import torch
 import run_sample
 from misc.errors import UserError
 from net.resnet50_cam import Net
-from step.common import load_checkpoint
+from step.common.checkpoints import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

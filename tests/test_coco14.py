@@ -190,7 +190,8 @@ def test_recipe_order():
 
     rib = run_sample.parse_args(["--dataset", "coco14", "--method", "rib", "--coco14_root", "/data/coco"])
     # the published COCO constants win over the method's and the dataset's, and explicit flags win over all
-    assert (rib.rib_tau, rib.rib_lr, rib.rib_aux_batch, rib.rib_stop_logit, rib.rib_area_ratio) == (0.5, 5e-6, 15, 1000, 0.8)
+    assert (rib.rib_tau, rib.rib_lr, rib.rib_aux_batch, rib.rib_stop_logit, rib.rib_area_ratio) == \
+        (0.5, 5e-6, 15, 1000, 0.8)
     assert (rib.conf_fg_thres, rib.conf_bg_thres, rib.sem_seg_bg_thres, rib.sem_seg_power) == (0.35, 0.17, 0.22, 1.3)
     assert tuple(rib.cam_eval_sweep) == (0.10, 0.50, 0.01) and rib.sem_seg_canvas == 0
     assert rib.cam_out_dir == "cam_rib" and rib.train_list == rib.eval_list == "train" and not rib.make_cam_pass

@@ -1,6 +1,7 @@
 """VOC folder parsing on a generated mini VOC: labels from XML and from masks agree, lists, errors."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,7 +68,8 @@ def test_toy_is_deterministic(mini_voc, tmp_path):
         a = read_label_png(mini_voc / "SegmentationClass" / f"{name}.png")
         b = read_label_png(again / "SegmentationClass" / f"{name}.png")
         np.testing.assert_array_equal(a, b)
-        assert (mini_voc / "JPEGImages" / f"{name}.jpg").read_bytes() == (again / "JPEGImages" / f"{name}.jpg").read_bytes()
+        jpg = Path("JPEGImages") / f"{name}.jpg"
+        assert (mini_voc / jpg).read_bytes() == (again / jpg).read_bytes()
     m = read_label_png(mini_voc / "SegmentationClass" / "toy_000000.png")
     assert set(np.unique(m)) - {0, 255} and 255 in m  # objects and a border band
 
@@ -76,8 +78,8 @@ def test_segmentation_dataset_keeps_image_and_label_aligned(tmp_path):
     """Joint rescale/flip/crop: label 1 must still sit on the bright square, padding must be 255/zero."""
     from PIL import Image
 
-    from misc.data import SegmentationDataset
     from misc.io import save_png
+    from misc.samples import SegmentationDataset
 
     img = np.zeros((60, 90, 3), np.uint8)
     img[10:40, 50:80] = 255  # a bright square, off-centre so a flip moves it

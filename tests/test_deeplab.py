@@ -12,8 +12,15 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from misc.errors import UserError
 from misc.imutils import normalize
 from misc.segmentation import dense_crf, multiscale_probs, normalize_image, poly_lr
-from net.deeplab import (DeepLabV2, DeepLabV3Plus, ResNetTrunk, build_deeplab_v2, deeplab_v2_param_groups,
-                         deeplab_v3plus_param_groups, load_imagenet_resnet101)
+from net.deeplab import (
+    DeepLabV2,
+    DeepLabV3Plus,
+    ResNetTrunk,
+    build_deeplab_v2,
+    deeplab_v2_param_groups,
+    deeplab_v3plus_param_groups,
+    load_imagenet_resnet101,
+)
 from net.seg_loss import balanced_ce, resize_labels, seg_loss, self_training_ce
 
 TOY_V2 = {"blocks": (1, 1, 1, 1), "width": 8}

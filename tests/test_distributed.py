@@ -88,13 +88,14 @@ def _assert_same_weights(a: Path, b: Path) -> dict[str, torch.Tensor]:
 def test_ddp_train_cam_step_equals_single_process(runs):
     import run_sample
     from misc.torchutils import seed_everything
-    from step.train_cam import build_classifier
+    from step.common.models import classifier
 
     flags, one, two = runs
     trained = _assert_same_weights(one / "sess" / "res50_cam.pth", two / "sess" / "res50_cam.pth")
     seed_everything(0)  # train_cam builds the classifier right after seeding
-    start = build_classifier(run_sample.parse_args(flags), 20).state_dict()
-    assert (trained["classifier.weight"] - start["classifier.weight"]).abs().max() > 1e-4  # the step moved it 100x the tolerance
+    start = classifier(run_sample.parse_args(flags), 20).state_dict()
+    # the step moved it 100x the tolerance
+    assert (trained["classifier.weight"] - start["classifier.weight"]).abs().max() > 1e-4
     imagenet = torch.load(Path(flags[flags.index("--pretrained_weights") + 1]), weights_only=True)
     assert torch.equal(trained["resnet50.layer1.0.conv1.weight"], imagenet["layer1.0.conv1.weight"])  # frozen stage
 
@@ -146,7 +147,7 @@ def test_step_module_under_torchrun_resumes_per_rank(runs):
 
 def test_total_batch_must_divide_by_world(monkeypatch):
     from misc.errors import UserError
-    from step.common import rank_batch
+    from step.common.parallel import rank_batch
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert rank_batch(8, "--irn_batch_size") == 4

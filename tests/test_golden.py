@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from misc.imutils import color_palette, strided_size, strided_up_size
+from misc.seeds import normalise_keep
 from misc.torchutils import poly_multiplier, poly_optimizer
-from step.make_cam import normalise_keep
 
 
 def test_strided_size():

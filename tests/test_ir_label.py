@@ -1,8 +1,7 @@
 """IR labels: the CRF wrapper and the fg/bg/ignore combination."""
 import numpy as np
 
-from misc.crf import crf_inference_label
-from step.cam_to_ir_label import confident_labels
+from misc.crf import confident_labels, crf_inference_label
 
 
 def _scene(seed=0):

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from misc.imutils import downsample_label, pil_rescale
 from misc.indexing import PathIndex
-from net.resnet50_irn import (EdgeDisplacement, Net, affinity_displacement_loss, pair_displacement, pair_labels)
+from net.resnet50_irn import EdgeDisplacement, Net, affinity_displacement_loss, pair_displacement, pair_labels
 
 TINY = dict(width=16, blocks=(1, 1, 1, 1))
 
@@ -17,8 +17,9 @@ TINY = dict(width=16, blocks=(1, 1, 1, 1))
 def test_key_layout_matches_irn():
     sd = Net().state_dict()
     heads = {k.split(".")[0] for k in sd}
-    assert heads == {"resnet50", "stage1", "stage2", "stage3", "stage4", "stage5", "backbone", "edge_layers",
-                     "dp_layers", "mean_shift"} | {f"fc_edge{i}" for i in range(1, 7)} | {f"fc_dp{i}" for i in range(1, 8)}
+    assert heads == ({"resnet50", "stage1", "stage2", "stage3", "stage4", "stage5", "backbone", "edge_layers",
+                      "dp_layers", "mean_shift"} | {f"fc_edge{i}" for i in range(1, 7)}
+                     | {f"fc_dp{i}" for i in range(1, 8)})
     assert sd["fc_edge1.0.weight"].shape == (32, 64, 1, 1) and sd["fc_edge5.0.weight"].shape == (32, 2048, 1, 1)
     assert sd["fc_edge6.weight"].shape == (1, 160, 1, 1) and "fc_edge6.bias" in sd
     assert sd["fc_dp6.0.weight"].shape == (256, 768, 1, 1) and sd["fc_dp7.3.weight"].shape == (2, 256, 1, 1)
@@ -42,7 +43,7 @@ def test_backbone_frozen_and_branches_train():
 def test_checkpoint_loads_strictly_and_drops_legacy_buffers(tmp_path):
     from misc.errors import UserError
     from net.resnet50_irn import LEGACY_BUFFER_PREFIXES
-    from step.common import load_checkpoint
+    from step.common.checkpoints import load_checkpoint
 
     a, b = Net(**TINY), Net(**TINY)
     a.mean_shift.running_mean.fill_(3.0)
@@ -157,7 +158,7 @@ def test_mean_shift_calibration_uses_every_image():
 
 
 def test_walk_scores_and_labels():
-    from step.make_sem_seg_labels import label_from_scores, walk_scores
+    from misc.seeds import label_from_scores, walk_scores
 
     torch.manual_seed(4)
     boundary = torch.rand(2, 1, 9, 11) * 0.3
@@ -185,7 +186,7 @@ def test_eval_sem_seg_counts_255_as_background_and_sweeps_saved_scores(mini_voc,
     work = tmp_path / "w"
     args = run_sample.parse_args(["--voc12_root", str(mini_voc), "--work_dir", str(work), "--num_workers", "0",
                                   "--sem_seg_eval_sweep", "0.1", "0.9", "0.1"])
-    from step.common import get_dataset
+    from step.common.data import get_dataset
     ds = get_dataset(args)
     ids = read_id_list(work / "meta" / "train.txt")
     for i in ids:

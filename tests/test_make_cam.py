@@ -2,11 +2,11 @@
 import numpy as np
 import torch
 
-from misc.data import MultiScaleDataset, SizeBucketSampler, collate_same_size
 from misc.imutils import image_size, strided_size
 from misc.io import load_cam, save_cam
+from misc.samples import MultiScaleDataset, SizeBucketSampler, collate_same_size
+from misc.seeds import multiscale_cams
 from net.resnet50_cam import CAM
-from step.make_cam import multiscale_cams
 from voc12.dataloader import VOC12
 
 

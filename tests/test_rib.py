@@ -1,13 +1,12 @@
 """RIB: the gndp pooling, the class-disjoint sampler, θ0 restoration and the stop rules."""
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
+import pytest
 import torch
 
-from misc.data import DisjointBatchSampler
-from misc.torchutils import gndp
+from net.rib import RibSettings, gndp, rib_seed
+from step.make_rib_cam import DisjointBatchSampler
 
 
 def test_gndp_known_value_and_gradient_mask():
@@ -55,11 +54,11 @@ def test_disjoint_sampler_empty_pool_gives_empty_batches():
     assert list(DisjointBatchSampler(labels, [labels[0]], steps=2, batch=2)) == [[], []]
 
 
-def _args(**kw) -> argparse.Namespace:
-    base = dict(rib_iters=3, rib_lr=1e-3, rib_tau=0.4, rib_stop_logit=1e9, rib_area_thres=0.3, rib_area_ratio=2.0,
-                rib_loss_scales=(1.0, 1.5), cam_weight_decay=1e-4, cam_momentum=1e-4, amp="off")
+def _args(**kw) -> RibSettings:
+    base = dict(iters=3, lr=1e-3, tau=0.4, stop_logit=1e9, area_thres=0.3, area_ratio=2.0, loss_scales=(1.0, 1.5),
+                weight_decay=1e-4, momentum=1e-4)
     base.update(kw)
-    return argparse.Namespace(**base)
+    return RibSettings(**base)
 
 
 def _model_and_views():
@@ -75,13 +74,12 @@ def _model_and_views():
 
 def _aux(n: int):
     g = torch.Generator().manual_seed(1)
-    return iter([{"img": torch.randn(2, 3, 32, 32, generator=g), "label": torch.tensor([[0, 1.0, 0, 0], [0, 0, 0, 1.0]])}
-                 for _ in range(n)])
+    label = torch.tensor([[0, 1.0, 0, 0], [0, 0, 0, 1.0]])
+    return iter([{"img": torch.randn(2, 3, 32, 32, generator=g), "label": label} for _ in range(n)])
 
 
 def test_rib_seed_accumulates_steps_and_theta0_restores_exactly():
-    from step.make_cam import multiscale_cams
-    from step.make_rib_cam import rib_seed
+    from misc.seeds import multiscale_cams
 
     model, views = _model_and_views()
     theta0 = {k: v.clone() for k, v in model.state_dict().items()}
@@ -101,23 +99,27 @@ def test_rib_seed_accumulates_steps_and_theta0_restores_exactly():
     s1, _, _ = rib_seed(model, views, (1.0, 1.5), label, _aux(3), _args(), (48, 40))
     torch.testing.assert_close(s1, s)  # same start, same batches: same seed
     model.load_state_dict(theta0)
-    one, _, n1 = rib_seed(model, views, (1.0, 1.5), label, _aux(3), _args(rib_iters=1), (48, 40))
+    one, _, n1 = rib_seed(model, views, (1.0, 1.5), label, _aux(3), _args(iters=1), (48, 40))
     assert n1 == 1
     torch.testing.assert_close(one, s0[0])  # one step: the seed is θ0's CAM
 
 
 def test_rib_stop_rules():
-    from step.make_rib_cam import rib_seed
-
     model, views = _model_and_views()
     theta0 = {k: v.clone() for k, v in model.state_dict().items()}
     label = torch.tensor([0, 1.0, 0, 0])
     aux = _aux(3)
-    _, _, n = rib_seed(model, views, (1.0, 1.5), label, aux, _args(rib_stop_logit=0.0), (48, 40))
+    _, _, n = rib_seed(model, views, (1.0, 1.5), label, aux, _args(stop_logit=0.0), (48, 40))
     assert n == 1 and next(aux, None) is None  # logit stop after the first update; stream kept aligned
     model.load_state_dict(theta0)
-    _, _, n = rib_seed(model, views, (1.0, 1.5), label, _aux(3), _args(rib_area_ratio=-1.0), (48, 40))
+    _, _, n = rib_seed(model, views, (1.0, 1.5), label, _aux(3), _args(area_ratio=-1.0), (48, 40))
     assert n == 1  # area stop is checked from step 1 on: step 0 always updates
     model.load_state_dict(theta0)
     s, h, n = rib_seed(model, views, (1.0, 1.5), torch.zeros(4), _aux(3), _args(), (48, 40))
     assert n == 0 and s.shape == (4, 12, 10) and h.shape == (4, 48, 40) and not s.any()
+
+
+def test_rib_seed_needs_a_step():
+    model, views = _model_and_views()
+    with pytest.raises(ValueError, match="at least one step"):
+        rib_seed(model, views, (1.0, 1.5), torch.tensor([1.0, 0, 0, 0]), _aux(1), _args(iters=0), (48, 40))

@@ -8,7 +8,8 @@ import torch
 
 import run_sample
 from misc.io import read_id_list, write_id_list
-from step import common, train_cam, train_irn
+from step import train_cam, train_irn
+from step.common import checkpoints
 
 
 class _Stop(Exception):
@@ -17,14 +18,14 @@ class _Stop(Exception):
 
 def _interrupt_after_first_epoch(monkeypatch) -> None:
     """Make EpochResume.save raise once it has written the state of epoch 1 (a crash between epochs)."""
-    save = common.EpochResume.save
+    save = checkpoints.EpochResume.save
 
     def save_then_stop(self, model, opt, sched, epoch):
         save(self, model, opt, sched, epoch)
         if epoch == 1:
             raise _Stop
 
-    monkeypatch.setattr(common.EpochResume, "save", save_then_stop)
+    monkeypatch.setattr(checkpoints.EpochResume, "save", save_then_stop)
 
 
 def _argv(toy_run, tmp_path) -> list[str]:
@@ -86,3 +87,20 @@ def test_changed_flags_start_over(toy_run, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "flags changed since the interrupted run (cam_learning_rate); starting over" in out
     assert "train_cam epoch 1:" in out and not (tmp_path / "w.pth.resume").exists()
+
+
+@pytest.mark.parametrize("other", [["--method", "rib"], ["--draw_num", "3", "--rib_iters", "1", "--num_workers", "1"]])
+def test_flags_outside_the_classifier_keep_the_resume(toy_run, tmp_path, monkeypatch, capsys, other):
+    """IRN and RIB share the classifier: --method rib (or another step's flag) after an interrupted IRN
+    train_cam resumes it."""
+    base = _argv(toy_run, tmp_path) + ["--cam_num_epoches", "2", "--cam_batch_size", "8", "--cam_crop_size", "64",
+                                       "--cam_resize_long", "56", "80", "--cam_weights_name", str(tmp_path / "w.pth")]
+    with monkeypatch.context() as m:
+        _interrupt_after_first_epoch(m)
+        with pytest.raises(_Stop):
+            train_cam.run(run_sample.parse_args(base))
+    capsys.readouterr()
+    train_cam.run(run_sample.parse_args(base + other))
+    out = capsys.readouterr().out
+    assert "resuming after epoch 1" in out and "train_cam epoch 1:" not in out
+    assert (tmp_path / "w.pth").is_file() and not (tmp_path / "w.pth.resume").exists()

@@ -19,7 +19,8 @@ def test_voc_script_runs_irn_recipe(mini_voc, tmp_path):
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet50().state_dict(), weights)  # stands in for the ImageNet file
     work = tmp_path / "work"
-    env = dict(os.environ, TQDM_DISABLE="1", PYTHONWARNINGS="ignore", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env = dict(os.environ, TQDM_DISABLE="1", PYTHONWARNINGS="ignore",
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     # root and weights relative to the caller's folder: the script resolves them before changing directory
     r = subprocess.run(
         ["bash", str(ROOT / "get_pseudo_gt_VOC.sh"), os.path.relpath(mini_voc, tmp_path), weights.name,

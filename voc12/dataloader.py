@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from misc.datasets import DatasetSpec
+from misc.dataset_spec import DatasetSpec
 from misc.errors import UserError
 
 CLASS_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -12,7 +12,7 @@ CLASS_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
 
 
 class VOC12(DatasetSpec):
-    """Where VOC-format files live under ``root``, plus the class spec (misc.datasets.DatasetSpec: class c
+    """Where VOC-format files live under ``root``, plus the class spec (misc.dataset_spec.DatasetSpec: class c
     is mask value c+1, 0 background, 255 ignore)."""
 
     name = "voc12"
@@ -25,7 +25,8 @@ class VOC12(DatasetSpec):
         if not self.root.is_dir():
             raise UserError(f"{self.root}: VOC root not found; pass --voc12_root pointing at VOCdevkit/VOC2012")
         if not (self.root / "JPEGImages").is_dir():
-            raise UserError(f"{self.root / 'JPEGImages'}: folder missing; --voc12_root must be the VOC2012 folder that holds JPEGImages/")
+            raise UserError(f"{self.root / 'JPEGImages'}: folder missing; --voc12_root must be the VOC2012 folder "
+                            "that holds JPEGImages/")
 
     def image_path(self, img_id: str) -> Path:
         """Path of the JPEG of an id."""

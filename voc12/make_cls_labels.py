@@ -18,7 +18,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from misc.datasets import labels_from_mask
+from misc.dataset_spec import labels_from_mask
 from misc.errors import UserError
 from misc.io import read_id_list, save_json, write_id_list
 from voc12.dataloader import VOC12

@@ -168,7 +168,7 @@ def net_fixture(pub: dict[str, types.ModuleType], meta: dict) -> None:
     x, labels = net_inputs()
     out: dict[str, np.ndarray] = {}
     groups: dict[str, list[list[str]]] = {}
-    sel = [torch.nonzero(l)[:, 0] for l in labels]
+    sel = [torch.nonzero(lab)[:, 0] for lab in labels]
     for tag, delta in (("learnable", 0), ("delta", DELTA)):
         model = pub["models.vgg"].vgg16(pretrained=False, delta=delta).eval()
         shapes = shapes_of(model)

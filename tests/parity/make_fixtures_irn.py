@@ -49,7 +49,8 @@ def _load_chainercv_eval(path: Path, tmp: Path) -> tuple[types.ModuleType, str]:
     Returns (module, commit)."""
     if (path / CHAINERCV_FILE).is_file():
         src = path / CHAINERCV_FILE
-        rev = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        rev = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True,
+                             text=True).stdout.strip()
     else:
         rev = subprocess.run(["git", "--git-dir", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
                              check=True).stdout.strip()
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
               {k: tuple(v.shape) for k, v in cam_net.state_dict().items()})
     edge_disp = m["net.resnet50_irn"].EdgeDisplacement(crop_size=IRN_CROP)
     irn_shapes = {k: tuple(v.shape) for k, v in edge_disp.state_dict().items()}
-    with_buffers = m["net.resnet50_irn"].AffinityDisplacementLoss(m["misc.indexing"].PathIndex(10, (IRN_CROP // 4,) * 2))
+    index = m["misc.indexing"].PathIndex(10, (IRN_CROP // 4,) * 2)
+    with_buffers = m["net.resnet50_irn"].AffinityDisplacementLoss(index)
     extra = [k for k in with_buffers.state_dict() if k not in irn_shapes]
     assert set(with_buffers.state_dict()) - set(extra) == set(irn_shapes)
     save_keys("irn_res50_irn_keys", {**meta, "module": "net.resnet50_irn.EdgeDisplacement (= Net; "
@@ -187,7 +189,8 @@ def main(argv: list[str] | None = None) -> None:
         to_labels = dl.GetAffinityLabelFromIndices(pi.src_indices, pi.dst_indices)
         per = [to_labels(m["misc.imutils"].pil_rescale(lab, 0.25, 0)) for lab in crop_labels]
         return [{"img": batch, "aff_bg_pos_label": torch.stack([t[0] for t in per]),
-                 "aff_fg_pos_label": torch.stack([t[1] for t in per]), "aff_neg_label": torch.stack([t[2] for t in per])}]
+                 "aff_fg_pos_label": torch.stack([t[1] for t in per]),
+                 "aff_neg_label": torch.stack([t[2] for t in per])}]
 
     class Meter(m["misc.pyutils"].AverageMeter):
         def add(self, values):

@@ -14,7 +14,7 @@ import torch
 
 from misc.errors import UserError
 from misc.segmentation import dense_crf, multiscale_probs, poly_lr
-from net.deeplab import (DeepLabV2, DeepLabV3Plus, build_deeplab_v2, deeplab_v2_param_groups, load_checkpoint)
+from net.deeplab import DeepLabV2, DeepLabV3Plus, build_deeplab_v2, deeplab_v2_param_groups, load_checkpoint
 from net.seg_loss import resize_labels
 from tests.parity.util import load_fixture, load_keys, random_state_dict
 

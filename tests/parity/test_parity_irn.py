@@ -19,18 +19,17 @@ import pytest
 import torch
 from PIL import Image
 
-from misc.data import MultiScaleDataset, collate_same_size
+from misc.crf import confident_labels
 from misc.imutils import downsample_label, normalize
 from misc.indexing import PathIndex
 from misc.metrics import fp_fn_rates, iou_from_confusion
 from misc.randomwalk import dense_random_walk, random_walk
+from misc.samples import MultiScaleDataset, collate_same_size
+from misc.seeds import label_from_scores, multiscale_cams, normalise_keep, walk_scores
 from net import resnet50_cam, resnet50_irn
 from net.resnet50_irn import LEGACY_BUFFER_PREFIXES, affinity_displacement_loss
-from step.cam_to_ir_label import confident_labels
-from step.eval_cam import cam_histogram, confusions_from_histogram
+from step.common.evaluation import cam_histogram, confusions_from_histogram
 from step.eval_sem_seg import _Confusion
-from step.make_cam import multiscale_cams, normalise_keep
-from step.make_sem_seg_labels import label_from_scores, walk_scores
 from tests.parity.helpers import digest, irn_random_state_dict, published_layout, tied_random_state_dict
 from tests.parity.util import FIXTURES, load_fixture, load_keys
 

@@ -11,19 +11,18 @@ weights were bit-identical on the generating machine; other thread counts and CP
 """
 from __future__ import annotations
 
-import types
 from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 
-from misc.data import DisjointBatchSampler, MultiScaleDataset
 from misc.imutils import normalize
-from misc.torchutils import gndp
-from net import resnet50_cam
-from step import make_rib_cam
-from step.make_cam import normalise_keep
+from misc.samples import MultiScaleDataset
+from misc.seeds import normalise_keep
+from net import resnet50_cam, rib
+from net.rib import RibSettings, gndp
+from step.make_rib_cam import DisjointBatchSampler
 from tests.parity.helpers import published_layout, tied_random_state_dict
 from tests.parity.util import load_fixture
 
@@ -131,16 +130,17 @@ def rib_fx():
 
 def _run(rib_fx, published_args: dict) -> dict:
     """The toolkit's rib_seed on the fixture's target and auxiliary batches with RIB's constants and the
-    published run's K, lr, scales and stop thresholds. Returns {'seed': (cam, high_res) normalised, 'updates', 'loss': per step, 'logits': per step
-    (rows in the published order: target scales with flips, then the auxiliary images), 'model'}."""
+    published run's K, lr, scales and stop thresholds. Returns {'seed': (cam, high_res) normalised,
+    'updates', 'loss': per step, 'logits': per step (rows in the published order: target scales with flips,
+    then the auxiliary images), 'model'}."""
     arrays, meta, model, theta0, aux = rib_fx
     model.load_state_dict(theta0, strict=True)
     scales = tuple(published_args["cam_scales"])
     item = _Target(arrays["target"], arrays["target_label"], scales)[0]
-    args = types.SimpleNamespace(
-        rib_iters=published_args["RIB_iter"], rib_lr=published_args["RIB_lr"], cam_weight_decay=WEIGHT_DECAY,
-        cam_momentum=MOMENTUM, rib_loss_scales=LOSS_SCALES, amp="off", rib_tau=TAU, rib_area_thres=AREA_THRES,
-        rib_area_ratio=published_args["explode_ratio"], rib_stop_logit=published_args["stop_th"])
+    settings = RibSettings(
+        iters=published_args["RIB_iter"], lr=published_args["RIB_lr"], weight_decay=WEIGHT_DECAY, momentum=MOMENTUM,
+        loss_scales=LOSS_SCALES, tau=TAU, area_thres=AREA_THRES, area_ratio=published_args["explode_ratio"],
+        stop_logit=published_args["stop_th"])
     rec = {"loss": [], "rows": []}
     backward = torch.Tensor.backward
 
@@ -154,10 +154,10 @@ def _run(rib_fx, published_args: dict) -> dict:
         return z
 
     with mock.patch.object(torch.Tensor, "backward", recording_backward), \
-            mock.patch.object(make_rib_cam, "gndp", recording_gndp):
+            mock.patch.object(rib, "gndp", recording_gndp):
         views = [published_layout(v)[None] for v in item["img"]]
-        strided, high, updates = make_rib_cam.rib_seed(model, views, scales, item["label"], iter(aux), args,
-                                                       tuple(item["size"]))
+        strided, high, updates = rib.rib_seed(model, views, scales, item["label"], iter(aux), settings,
+                                              tuple(item["size"]))
     per_step = 1 + len(LOSS_SCALES)  # gndp calls per update: each loss scale, then the auxiliary batch
     logits = [torch.cat(rec["rows"][i * per_step:(i + 1) * per_step]) for i in range(updates)]
     keys = torch.nonzero(item["label"])[:, 0]

@@ -1,4 +1,6 @@
-"""Dataset classes shared by every dataset layout (VOC, COCO, toy): they only need an id -> path function."""
+"""torch Datasets that turn image ids into samples (augmented training crops, image + label pairs, multi-scale
+inference views), their collate function and the same-size batch sampler. They work for every dataset layout
+(VOC, COCO, toy): they only need an id -> path function (``misc.dataset_spec`` says where a dataset's files are)."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -11,6 +13,7 @@ from torch.utils.data import Dataset, Sampler
 
 from misc import imutils
 from misc.errors import UserError
+from misc.seeds import IGNORE
 
 PathFn = Callable[[str], Path]
 
@@ -116,7 +119,7 @@ class SegmentationDataset(ImageDataset):
 
     One random rescale by U(rescale) (image bicubic, label nearest), ImageNet normalisation, one shared
     horizontal flip (p 0.5), one shared random ``crop`` x ``crop`` crop (image filled with 0, label with
-    255). item = {'name', 'img': float32 (3, crop, crop), 'label': uint8 (crop, crop)}.
+    IGNORE). item = {'name', 'img': float32 (3, crop, crop), 'label': uint8 (crop, crop)}.
     """
 
     def __init__(self, image_path: PathFn, label_path: PathFn, ids: Sequence[str], crop: int,
@@ -135,43 +138,6 @@ class SegmentationDataset(ImageDataset):
         x = imutils.normalize(img)
         if self.flip and np.random.rand() < 0.5:
             x, label = x[:, ::-1], label[:, ::-1]
-        x, label = imutils.random_crop([x, label], self.crop, [0.0, 255])
+        x, label = imutils.random_crop([x, label], self.crop, [0.0, IGNORE])
         return {"name": img_id, "img": torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))),
                 "label": torch.from_numpy(np.ascontiguousarray(label))}
-
-
-class DisjointBatchSampler(Sampler):
-    """Auxiliary batches for RIB: for each target in ``targets`` (in order), ``steps`` batches of ``batch``
-    indices of images whose label set is disjoint from the target's.
-
-    labels: (N, C) multi-hot of the pool; the class-presence bitmask (N, ceil(C/8)) is built once and each
-    target's disjoint set is one vectorised AND over it. Inside a batch indices are distinct (drawn with
-    replacement across batches; a pool smaller than ``batch`` repeats indices). A target with an empty
-    disjoint pool gets empty batches. Target t's batches are drawn from a generator seeded by
-    (``seed``, ``keys[t]``) (default key: t), so with a key that names the image (e.g. a hash of its id)
-    they do not depend on which other targets are in the list (sharding, resuming).
-    """
-
-    def __init__(self, labels: np.ndarray, targets: Sequence[np.ndarray], steps: int, batch: int, seed: int = 0,
-                 keys: Sequence[int] | None = None):
-        self.bits = np.packbits(np.asarray(labels) > 0, axis=1)
-        self.targets = [np.packbits(np.asarray(t) > 0) for t in targets]
-        self.keys = list(range(len(targets)) if keys is None else keys)
-        self.steps, self.batch, self.seed = steps, batch, seed
-
-    def disjoint(self, t: int) -> np.ndarray:
-        """Indices of the pool images sharing no class with target t."""
-        return np.flatnonzero(~(self.bits & self.targets[t]).any(1))
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for t in range(len(self.targets)):
-            rng = np.random.default_rng([self.seed, self.keys[t]])
-            pool = self.disjoint(t)
-            for _ in range(self.steps):
-                if len(pool) == 0:
-                    yield []
-                else:
-                    yield rng.choice(pool, self.batch, replace=len(pool) < self.batch).tolist()
-
-    def __len__(self) -> int:
-        return len(self.targets) * self.steps

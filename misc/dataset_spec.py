@@ -1,4 +1,6 @@
-"""What every dataset spec shares (VOC 2012, MS COCO 2014): the class-index mask convention and GT reading."""
+"""What a dataset is, for every layout (VOC 2012, MS COCO 2014): its classes, where an id's image and GT mask
+live, the class-index mask convention and checked GT reading (the torch Datasets that load samples are in
+``misc.samples``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +9,7 @@ import numpy as np
 
 from misc.errors import UserError
 from misc.imutils import color_palette, read_label_png
-
-IGNORE = 255
+from misc.seeds import IGNORE
 
 
 def labels_from_mask(mask: np.ndarray) -> list[int]:

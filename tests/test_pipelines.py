@@ -1,0 +1,72 @@
+"""Every method's toy pipeline runs end to end on CPU and writes the common artifacts: seeds in the seed
+format, IR labels, IRNet, pseudo labels, the evaluation JSONs and pictures. A pipeline check, not a
+quality claim (test_end_to_end holds IRN's toy numbers).
+
+A method joins by adding one line to REUSED: the steps whose outputs it takes from the session's IRN toy
+run (the classifier, for the methods that share IRN's) instead of recomputing them."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import run_sample
+from misc.imutils import read_label_png
+from misc.io import load_cam, load_cls_labels, read_id_list
+
+REUSED = {
+    "irn": None,  # the session's toy run itself (conftest.toy_run)
+    "rib": ("train_cam",),
+}
+
+
+def test_every_method_has_a_line():
+    assert set(REUSED) == set(run_sample.PIPELINES)
+
+
+def _run_method(toy_run: Path, tmp_path: Path, method: str) -> list[str]:
+    """The toy pipeline of ``method`` in a fresh work folder holding the IRN toy run's shared outputs.
+    Returns its flags."""
+    if REUSED[method] is None:
+        return ["--work_dir", str(toy_run), "--toy_root", str(toy_run.parent / "toy_voc"), "--draw_num", "3"]
+    work = tmp_path / "work"
+    shutil.copytree(toy_run / "meta", work / "meta")
+    shutil.copytree(toy_run / "sess", work / "sess", ignore=lambda d, names: [n for n in names if "irn" in n])
+    argv = ["--method", method, "--work_dir", str(work), "--toy_root", str(toy_run.parent / "toy_voc"), "--draw_num",
+            "2"] + [a for s in REUSED[method] for a in (f"--{s}_pass", "False")]
+    run_sample.main(argv)
+    return argv
+
+
+@pytest.mark.parametrize("method", list(REUSED))
+def test_toy_pipeline(toy_run, tmp_path, method):
+    argv = _run_method(toy_run, tmp_path, method)
+    args = run_sample.parse_args(argv)
+    work = Path(args.work_dir)
+    out = {k: work / getattr(args, k) for k in ("cam_out_dir", "ir_label_out_dir", "irn_weights_name",
+                                                 "sem_seg_out_dir", "eval_out_dir", "draw_out_dir")}
+    labels = load_cls_labels(work / "meta" / "cls_labels.json", 20)
+    train, infer = read_id_list(work / "meta" / "train_aug.txt"), read_id_list(work / "meta" / "train.txt")
+    assert {p.stem for p in out["cam_out_dir"].glob("*.npz")} == set(train)
+    for i in train[:20]:  # the common seed format
+        seed = load_cam(out["cam_out_dir"], i)
+        np.testing.assert_array_equal(seed["keys"], np.flatnonzero(labels[i]))
+        (h, w), k = seed["high_res"].shape[1:], len(seed["keys"])
+        assert seed["cam"].shape == (k, (h - 1) // 4 + 1, (w - 1) // 4 + 1) and seed["cam"].dtype == np.float32
+        peak = seed["high_res"].max((1, 2))
+        assert np.all(peak > 0.99) and np.all(peak <= 1)
+        ir = read_label_png(out["ir_label_out_dir"] / f"{i}.png")
+        assert ir.shape == (h, w) and set(np.unique(ir)) <= {0, 255} | set(seed["keys"] + 1)
+    assert out["irn_weights_name"].is_file()
+    assert {p.stem for p in out["sem_seg_out_dir"].glob("*.png")} == set(infer)
+    for i in infer[:20]:
+        assert set(np.unique(read_label_png(out["sem_seg_out_dir"] / f"{i}.png"))) <= \
+            {0} | set(np.flatnonzero(labels[i]) + 1)
+    for name in ("eval_cam", "eval_ir_label", "eval_sem_seg"):
+        assert (out["eval_out_dir"] / f"{name}.json").is_file()
+    sem = json.loads((out["eval_out_dir"] / "eval_sem_seg.json").read_text())
+    assert sem["num_images"] == len(infer) and 0 < sem["miou"] <= 1
+    assert len(list(out["draw_out_dir"].glob("*.png"))) == args.draw_num

@@ -6,6 +6,7 @@ checkout and lets its code run on CPU by patching at run time (nothing of the pu
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import importlib
@@ -142,3 +143,12 @@ def sample_indices(shapes: dict[str, tuple[int, ...]], per_tensor: int, seed: in
 def args_namespace(**kw: Any) -> types.SimpleNamespace:
     """An argparse-like namespace for calling a published step's ``run``/``_work``."""
     return types.SimpleNamespace(**kw)
+
+
+def published_flags(method: str, dataset: str = "voc12") -> argparse.Namespace:
+    """The flags the toolkit resolves for ``method`` on a real ``dataset`` (its defaults and published recipes,
+    no toy recipe; the dataset folder is not read). Parity tests take the published constants from here, so a
+    changed default or recipe constant in run_sample.py fails them."""
+    import run_sample  # the config file at the top of the tree
+
+    return run_sample.parse_args([f"--{dataset}_root", "PUBLISHED", "--method", method])

@@ -30,14 +30,23 @@ from net import resnet50_cam, resnet50_irn
 from net.resnet50_irn import LEGACY_BUFFER_PREFIXES, affinity_displacement_loss
 from step.common.evaluation import cam_histogram, confusions_from_histogram
 from step.eval_sem_seg import _Confusion
-from tests.parity.helpers import digest, irn_random_state_dict, published_layout, tied_random_state_dict
+from tests.parity.helpers import (
+    digest,
+    irn_random_state_dict,
+    published_flags,
+    published_layout,
+    tied_random_state_dict,
+)
 from tests.parity.util import FIXTURES, load_fixture, load_keys
 
 COMMIT = "a2ece0034d0a5a9635e4e131cd4fa6e2a779d316"
-SCALES = (1.0, 0.5, 1.5, 2.0)
-FG_THRES, BG_THRES = 0.30, 0.05  # IRN's conf_fg_thres / conf_bg_thres
-BETA, EXP_TIMES, RADIUS, SEM_BG = 10, 8, 5, 0.25  # IRN's random walk and sem_seg_bg_thres
-CAM_EVAL_THRES = 0.15
+# The toolkit's own constants for IRN on VOC (run_sample.py's defaults): a change there fails the meta
+# checks and the numeric comparisons below.
+_IRN = published_flags("irn")
+SCALES = _IRN.cam_scales
+FG_THRES, BG_THRES = _IRN.conf_fg_thres, _IRN.conf_bg_thres
+BETA, EXP_TIMES, RADIUS, SEM_BG = _IRN.beta, _IRN.exp_times, _IRN.sem_seg_radius, _IRN.sem_seg_bg_thres
+CAM_EVAL_THRES = _IRN.cam_eval_thres
 IRN_CANVAS = 128
 
 
@@ -92,6 +101,15 @@ def irn_model():
 def test_fixtures_come_from_the_published_commit():
     for name in ("irn_cam", "irn_ir_label", "irn_irnet", "irn_sem_seg", "irn_eval"):
         assert load_fixture(name)[1]["commit"] == COMMIT
+
+
+def test_published_constants():
+    """The published runs used IRN's constants, the ones the toolkit resolves for IRN on VOC."""
+    assert tuple(load_fixture("irn_cam")[1]["scales"]) == SCALES
+    assert load_fixture("irn_irnet")[1]["radius"] == _IRN.irn_radius
+    meta = load_fixture("irn_sem_seg")[1]
+    assert (meta["beta"], meta["exp_times"], meta["radius"], meta["sem_seg_bg_thres"]) == \
+        (BETA, EXP_TIMES, RADIUS, SEM_BG)
 
 
 def test_inputs_bit_identical(cam_fx):
@@ -156,7 +174,7 @@ def test_irnet_outputs_and_loss_terms(irn_model):
     label = downsample_label(torch.from_numpy(arrays["crop_labels"]), 4)
     size = meta["crop"] // 4
     loss = affinity_displacement_loss(torch.from_numpy(arrays["edge_out"]), torch.from_numpy(arrays["dp_out"]),
-                                      label, PathIndex(meta["radius"], (size, size)), 20)
+                                      label, PathIndex(_IRN.irn_radius, (size, size)), 20)
     for name in ("pos_aff", "neg_aff", "dp_fg", "dp_bg"):
         assert loss[name].item() == pytest.approx(float(arrays[name]), rel=1e-6), name
 
@@ -170,7 +188,7 @@ def test_make_sem_seg_labels(cam_fx, irn_model):
     margin between the top two scores is 6e-4, well above these differences)."""
     seeds, _, _, data = cam_fx
     arrays, meta = load_fixture("irn_sem_seg")
-    assert (meta["beta"], meta["exp_times"], meta["radius"], meta["canvas"]) == (10, 8, 5, IRN_CANVAS)
+    assert (meta["beta"], meta["exp_times"], meta["radius"], meta["canvas"]) == (BETA, EXP_TIMES, RADIUS, IRN_CANVAS)
     model = irn_model.eval()
     for j in range(2):
         b = collate_same_size([data[j]])

@@ -50,7 +50,7 @@ def test_coco_toy_pipeline_beats_all_background(coco_run):
     bg = sum(confusion_matrix(g, np.zeros_like(g), 81) for g in (read_label_png(gt_dir / f"{i}.png") for i in ids))
     cam = json.loads((coco_run / "eval" / "eval_cam.json").read_text())
     sem = json.loads((coco_run / "eval" / "eval_sem_seg.json").read_text())
-    # measured: all background 0.140, seeds best 0.287, pseudo labels 0.221 (a 40-image toy; README)
+    # measured: all background 0.140, seeds best 0.287, pseudo labels 0.221 (a 40-image toy; docs/results.md)
     assert cam["best"]["miou"] > _miou(bg) + 0.1, (cam["best"]["miou"], _miou(bg))
     assert sem["miou"] > _miou(bg) + 0.05, (sem["miou"], _miou(bg))
     assert sem["num_images"] == len(ids) == 32 and len(sem["iou"]) == 81 and sem["classes"][80] == "toothbrush"

@@ -28,7 +28,7 @@ def test_toy_cam_beats_baselines(toy_run):
     result = json.loads((toy_run / "eval" / "eval_cam.json").read_text())
     all_bg, image_class = _baselines(toy_run, toy_run.parent / "toy_voc")
     best = result["best"]["miou"]
-    # measured on this machine: best ~0.47, baselines 0.04 and 0.12 (README results table)
+    # measured on this machine: best ~0.47, baselines 0.04 and 0.12 (docs/results.md)
     assert best > all_bg + 0.25 and best > image_class + 0.2, (best, all_bg, image_class)
     assert result["fixed"]["threshold"] == 0.15 and len(result["sweep"]) >= 50
     assert max(s["miou"] for s in result["sweep"]) == best
@@ -77,7 +77,7 @@ def test_toy_ir_labels(toy_run):
         lab = read_label_png(toy_run / "ir_label" / f"{i}.png")
         assert set(np.unique(lab)) <= {0, 255} | set(np.flatnonzero(labels[i]) + 1)
     q = json.loads((toy_run / "eval" / "eval_ir_label.json").read_text())
-    # measured: fg precision 0.916, bg precision 0.987 (README results table)
+    # measured: fg precision 0.916, bg precision 0.987 (docs/results.md)
     assert q["fg_precision"] > 0.7 and q["bg_precision"] > 0.95 and 0.02 < q["unsure"] < 0.5
 
 

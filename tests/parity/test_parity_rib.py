@@ -1,5 +1,5 @@
 """Parity with the published RIB code (jbeomlee93/RIB 9c43b3b): gndp, the per-image fine-tuning, both stop
-rules, and the documented differences (README, RIB section), each pinned on an input.
+rules, and the documented differences (docs/methods/rib.md), each pinned on an input.
 
 The fixtures hold what the published code computed (tests/parity/make_fixtures_rib.py, one thread):
 ``gndp2d`` on constructed maps, and ``obtain_RIB_CAM``'s per-image loop on one 40x56 target with the full

@@ -202,3 +202,32 @@ def test_equal_weights_give_equal_checkpoint_bytes(tmp_path):
     save_checkpoint(model, tmp_path / "c.pth", "net")
     blobs = {(tmp_path / p).read_bytes() for p in ("a/w.pth", "b/w.pth", "c.pth")}
     assert len(blobs) == 1
+
+
+# ----- 8. pictures
+
+
+def test_picture_of_a_large_image_with_an_empty_seed(tmp_path):
+    from misc.io import save_cam
+    from misc.vis import ALERT
+    from step.draw import HEIGHT, draw_one
+
+    root = write_toy_voc(tmp_path / "voc", seed=1, n_train_aug=2, n_train=1, n_val=1, size=600)
+    args = _args(root, tmp_path / "work", "--draw_out_dir", str(tmp_path / "draw"))
+    ds = get_dataset(args)
+    img_id = read_id_list(tmp_path / "work" / "meta" / "train.txt")[0]
+    gt = np.array(Image.open(ds.gt_path(img_id)))
+    keys = np.unique(gt[(gt > 0) & (gt < 255)]).astype(np.int64) - 1
+    maps = np.stack([(gt == k + 1).astype(np.float32) for k in keys])
+    maps[0] = 0  # the first class's seed is empty
+    save_cam(tmp_path / "work" / "cam" / f"{img_id}.npz", keys, maps[:, ::4, ::4], maps)
+    save_png(tmp_path / "work" / "ir_label" / f"{img_id}.png", gt)
+    pic = draw_one(args, ds, img_id)
+    Image.fromarray(pic).save(tmp_path / "pic.png")
+    cap = HEIGHT // 16 + HEIGHT // 32  # caption strip of the default font size at HEIGHT rows
+    assert pic.shape[0] >= cap + HEIGHT + cap  # panels at the common height, a legend row below
+    image_w = round(gt.shape[1] * HEIGHT / gt.shape[0])
+    x0 = image_w + 4  # the first CAM panel (the empty one) has a red frame
+    assert (pic[cap + HEIGHT // 2, x0] == ALERT).all() and not (pic[cap + HEIGHT // 2, image_w + 4 + image_w + 4] ==
+                                                                 ALERT).all()
+    assert pic.shape[1] == (len(keys) + 4) * (image_w + 4) - 4  # image, its CAMs, seed label, IR label, GT

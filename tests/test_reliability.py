@@ -21,7 +21,7 @@ from misc.io import read_id_list, save_json, save_png, save_torch
 from misc.metrics import never_predicted
 from step import make_cam
 from step.common.checkpoints import save_checkpoint
-from step.common.data import get_dataset, meta_dir
+from step.common.data import get_dataset
 from step.common.reports import EmptySeeds, warn_rare_classes
 from voc12.toy import write_toy_voc
 
@@ -42,22 +42,35 @@ def _args(root: Path, work: Path, *more: str):
 # ----- 1. stale meta
 
 
-def test_a_dataset_regenerated_in_place_is_refused_then_derived_again(tmp_path):
-    root, work = _voc(tmp_path / "voc"), tmp_path / "work"
-    get_dataset(_args(root, work))
-    before = json.loads((meta_dir(_args(root, work)) / "cls_labels.json").read_text())
-    get_dataset(_args(root, work))  # unchanged: accepted as is
-    shutil.rmtree(root)
-    _voc(root, seed=4)  # same path, other content
-    with pytest.raises(UserError, match=r"voc: changed since .*meta was derived from it \(JPEGImages changed, "
-                                        r"Annotations changed.*--overwrite True"):
-        get_dataset(_args(root, work))
-    get_dataset(_args(root, work, "--overwrite", "True"))
+@pytest.mark.parametrize("dataset", ["voc12", "coco14"])
+def test_a_dataset_regenerated_in_place_is_refused_then_derived_again(tmp_path, dataset):
+    from coco14.toy import write_toy_coco
+
+    def make(seed: int) -> Path:
+        if dataset == "voc12":
+            return _voc(tmp_path / "data", seed)
+        return write_toy_coco(tmp_path / "data", seed=seed, n_train=6, n_val=4, size=48)
+
+    def args(work: Path, *more: str):
+        return run_sample.parse_args([f"--{dataset}_root", str(tmp_path / "data"), "--work_dir", str(work), *more])
+
+    make(3)
+    work = tmp_path / "work"
+    get_dataset(args(work))
+    before = json.loads((work / "meta" / "cls_labels.json").read_text())
+    get_dataset(args(work))  # unchanged: accepted as is
+    shutil.rmtree(tmp_path / "data")
+    make(4)  # same path, other content
+    with pytest.raises(UserError, match=r"data: changed since .*meta was derived from it \(.*changed.*\); .*may be "
+                                        r"stale: rerun with --overwrite True"):
+        get_dataset(args(work))
+    get_dataset(args(work, "--overwrite", "True"))
     after = json.loads((work / "meta" / "cls_labels.json").read_text())
-    fresh_work = tmp_path / "fresh"
-    get_dataset(_args(root, fresh_work))
-    assert after == json.loads((fresh_work / "meta" / "cls_labels.json").read_text()) and after != before
-    get_dataset(_args(root, work))  # the new record is accepted
+    get_dataset(args(tmp_path / "fresh"))
+    assert after == json.loads((tmp_path / "fresh" / "meta" / "cls_labels.json").read_text()) and after != before
+    get_dataset(args(work))  # the new record is accepted
+    shutil.move(tmp_path / "data", tmp_path / "moved")
+    get_dataset(run_sample.parse_args([f"--{dataset}_root", str(tmp_path / "moved"), "--work_dir", str(work)]))
 
 
 def test_segmentation_class_aug_added_later_changes_train_aug(tmp_path):
@@ -231,3 +244,15 @@ def test_picture_of_a_large_image_with_an_empty_seed(tmp_path):
     assert (pic[cap + HEIGHT // 2, x0] == ALERT).all() and not (pic[cap + HEIGHT // 2, image_w + 4 + image_w + 4] ==
                                                                  ALERT).all()
     assert pic.shape[1] == (len(keys) + 4) * (image_w + 4) - 4  # image, its CAMs, seed label, IR label, GT
+
+
+def test_retrained_input_weights_change_the_fingerprint(tmp_path):
+    from step.common.checkpoints import EpochResume
+
+    args = run_sample.parse_args(["--work_dir", str(tmp_path), "--voc12_root", str(tmp_path / "voc")])
+    record = tmp_path / "sess" / "res50_cam.pth.json"
+    fingerprints = []
+    for sha in ("a", "b"):
+        save_json(record, {"sha256": sha})
+        fingerprints.append(EpochResume(args, tmp_path / "irn.pth", ("irn",), ("cam_weights_name",)).flags)
+    assert fingerprints[0]["cam_weights_name sha256"] == "a" and fingerprints[1]["cam_weights_name sha256"] == "b"

@@ -13,7 +13,7 @@ from misc import dist
 from misc.config import flags_in
 from misc.errors import UserError
 from misc.io import save_json, save_torch
-from step.common.data import data_digest
+from step.common.data import data_digest, out_path
 from step.common.parallel import say
 
 
@@ -63,7 +63,8 @@ class EpochResume:
     --device, --num_workers, --channels_last, --deterministic, --overwrite, --val_list) may change between
     the interrupted run and its restart: ``--method rib`` after an interrupted IRN train_cam resumes it,
     as both methods share the classifier. The data part also holds ``step.common.data.data_digest`` (the
-    dataset's fingerprint and the --train_list ids), so a dataset changed in place trains again.
+    dataset's fingerprint and the --train_list ids), so a dataset changed in place trains again, and, for an
+    input naming weights with a record (train_irn's classifier), their hash, so retrained inputs train again.
 
     The same fingerprint decides whether a finished training is done (``finished``): ``fit`` skips a
     training whose final weights exist with a record ``<weights>.json`` (``record``) of this fingerprint
@@ -79,6 +80,11 @@ class EpochResume:
         flags = flags_in(args, sections + (("toy",) if args.toy else ()))
         flags.update({k: getattr(args, k) for k in self.DATA + inputs})
         flags["data"] = data_digest(args)
+        for k in inputs:  # an input that is trained weights: the hash its record holds (retrained: train again)
+            rec = out_path(args, str(getattr(args, k)))
+            rec = rec.with_name(rec.name + ".json")
+            if rec.is_file():
+                flags[f"{k} sha256"] = json.loads(rec.read_text()).get("sha256")
         self.flags = json.loads(json.dumps(flags, default=str))
 
     def finished(self, weights: Path) -> bool:

@@ -56,7 +56,9 @@ class Run:
     channels_last: bool = flag(False, "channels_last memory format for the networks of those steps")
     seed: int = flag(0, "seed of Python, NumPy, torch and the loader workers")
     deterministic: bool = flag(False, "ask torch for deterministic kernels")
-    overwrite: bool = flag(False, "make-steps recompute ids whose output exists (default: skip them, i.e. resume)")
+    overwrite: bool = flag(False, "make-steps recompute ids whose output exists, training steps train again when "
+                           "their weights exist, <work_dir>/meta is derived again from a changed dataset (default: "
+                           "skip finished work, i.e. resume; refuse a changed dataset)")
 
 
 @section("data")

@@ -63,6 +63,7 @@ class COCO14(DatasetSpec):
     name = "coco14"
     class_names = CLASS_NAMES
     num_classes = len(CLASS_NAMES)
+    sources = ("JPEGImages", "train2014", "val2014", "annotations", SEG_DIR, "train14.txt", "val14.txt")
 
     def __init__(self, root: str | Path):
         self.root = Path(root)

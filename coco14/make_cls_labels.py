@@ -5,7 +5,8 @@ images); the RIB layout's ``JPEGImages/`` split by ``annotations/instances_{trai
 RIB's ``train14.txt`` / ``val14.txt`` in the root. Labels come from the instances JSON of the split when
 it is there (every annotation's category, crowd ones included; an image without annotations gets no
 class, i.e. all background), else from the class-index mask ``coco_seg_anno/<id>.png`` (values 1..80).
-Written to ``<out_dir>/cls_labels.json`` ({id: [0-based classes]}, the VOC format) and
+The lists are scanned (``DatasetSpec.scan``: images present, GT masks of class values and of their
+image's size). Written to ``<out_dir>/cls_labels.json`` ({id: [0-based classes]}, the VOC format) and
 ``<out_dir>/{train,val}.txt``; ids are the 12-digit canonical ones (coco14.dataloader.canonical_id).
 
     python -m coco14.make_cls_labels --coco14_root data/coco2014 --out_dir runs/coco14/meta
@@ -41,6 +42,15 @@ def split_ids(ds: COCO14, split: str, json_ids: list[str] | None) -> list[str]:
     return sorted(set(members) & on_disk)
 
 
+def _list_source(ds: COCO14, split: str) -> Path:
+    """Where a split's ids come from (named in errors): its images' folder (official layout), else its
+    instances JSON or RIB's ``<split>14.txt``."""
+    if ds.layout == "official":
+        return ds.root / f"{split}2014"
+    js = instances_json(ds.root, split)
+    return js if js.is_file() else ds.root / f"{split}14.txt"
+
+
 def make_cls_labels(ds: COCO14, out_dir: str | Path) -> dict[str, list[int]]:
     """Derive the lists and the labels of every listed id and write them to ``out_dir``. Returns the labels."""
     out_dir = Path(out_dir)
@@ -54,6 +64,7 @@ def make_cls_labels(ds: COCO14, out_dir: str | Path) -> dict[str, list[int]]:
             labels[img_id] = from_json[img_id] if img_id in from_json else labels_from_mask(ds.read_gt(img_id))
     if not labels:
         raise UserError(f"{ds.root}: no images found in either split; check --coco14_root")
+    ds.scan({_list_source(ds, s): ids for s, ids in lists.items()})
     save_json(out_dir / "cls_labels.json", labels)
     for split, ids in lists.items():
         write_id_list(out_dir / f"{split}.txt", ids)

@@ -3,12 +3,16 @@ live, the class-index mask convention and checked GT reading (the torch Datasets
 ``misc.samples``)."""
 from __future__ import annotations
 
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from misc.errors import UserError
-from misc.imutils import color_palette, read_label_png
+from misc.imutils import color_palette, image_size, read_label_png
 from misc.seeds import IGNORE
 
 
@@ -24,7 +28,8 @@ class DatasetSpec:
     Class c (0-based, as in image-level labels and seed ``keys``) is label value c+1 in masks; 0 is
     background and 255 is ignore. ``num_classes`` counts foreground classes only. Subclasses set ``name``,
     ``class_names``, ``num_classes`` and ``gt_hint`` (the fix for a missing GT mask) and define
-    ``image_path`` and ``gt_path``.
+    ``image_path`` and ``gt_path``, and ``sources``: the files and folders under ``root`` that the derived
+    labels and lists come from (``fingerprint`` keys them).
     """
 
     name: str = ""
@@ -32,6 +37,8 @@ class DatasetSpec:
     num_classes: int = 0
     palette: np.ndarray = color_palette(256)
     gt_hint: str = "check the dataset root"
+    sources: tuple[str, ...] = ()
+    root: Path
 
     def image_path(self, img_id: str) -> Path:
         """Path of the image file of an id."""
@@ -46,7 +53,8 @@ class DatasetSpec:
         bad = (mask > self.num_classes) & (mask != IGNORE)
         if bad.any():
             raise UserError(f"{path}: label value {int(mask[bad].max())} outside 0..{self.num_classes} and 255; "
-                            f"this is not a {self.name} class-index mask")
+                            f"this is not a {self.name} class-index mask (a colour PNG?): convert it to class "
+                            f"indices (0 background, 1..{self.num_classes}, 255 ignore) or drop its id from the lists")
         return mask
 
     def read_gt(self, img_id: str) -> np.ndarray:
@@ -55,3 +63,63 @@ class DatasetSpec:
         if not p.is_file():
             raise UserError(f"{p}: GT mask not found; {self.gt_hint}")
         return self.check_mask(read_label_png(p), p)
+
+    def fingerprint(self) -> dict[str, str]:
+        """What the derived labels and lists depend on: {source (``sources``, relative to ``root``): digest}.
+        A folder's digest covers the name, size and modification time of each entry (and the content of
+        its .txt list files), a .txt file's its content, another file's its size and modification time;
+        'absent' for a source that is not there. Stats only (no image is read): fast on a full dataset."""
+        out = {}
+        for rel in self.sources:
+            p = self.root / rel
+            h = hashlib.sha256()
+            if p.is_dir():
+                with os.scandir(p) as it:
+                    for e in sorted(it, key=lambda e: e.name):
+                        _digest_file(h, Path(e.path), e.stat())
+            elif p.is_file():
+                _digest_file(h, p, p.stat())
+            else:
+                out[rel] = "absent"
+                continue
+            out[rel] = h.hexdigest()
+        return out
+
+    def scan(self, lists: dict[Path, list[str]], threads: int = 8) -> None:
+        """Check a dataset before any step uses it: every id of every list (``{list file: ids}``) has its
+        image, and every GT mask of these ids that exists holds only 0..C and 255 and has its image's size.
+        Reads mask files and image headers (no image is decoded), in ``threads`` threads. The first problem
+        is a UserError naming the file and the fix."""
+        for where, ids in lists.items():
+            missing = [i for i in ids if not self.image_path(i).is_file()]
+            if missing:
+                raise UserError(f"{where}: id {missing[0]} has no image {self.image_path(missing[0])} "
+                                f"({len(missing)} of its {len(ids)} ids); restore the images or drop those ids")
+        ids = sorted({i for v in lists.values() for i in v})
+        pool = ThreadPoolExecutor(max(1, min(threads, os.cpu_count() or 1)))
+        try:
+            for _ in tqdm(pool.map(self._check_gt, ids, chunksize=32), total=len(ids), desc="dataset scan",
+                          leave=False):
+                pass
+        finally:
+            pool.shutdown(cancel_futures=True)
+
+    def _check_gt(self, img_id: str) -> None:
+        """UserError when the GT mask of ``img_id`` exists and holds a bad value or differs from its image in
+        size."""
+        p = self.gt_path(img_id)
+        if not p.is_file():
+            return
+        mask = self.check_mask(read_label_png(p), p)
+        img = self.image_path(img_id)
+        if mask.shape != image_size(img):
+            (h, w), (ih, iw) = mask.shape, image_size(img)
+            raise UserError(f"{p}: mask is {h}x{w} pixels but its image {img} is {ih}x{iw}; a mask must have its "
+                            f"image's size: replace the mask (or the image), or drop id {img_id} from the lists")
+
+
+def _digest_file(h: hashlib._Hash, path: Path, st: os.stat_result) -> None:
+    """Add a file's name, size and modification time (and, for a .txt list, its content) to ``h``."""
+    h.update(f"{path.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    if path.suffix == ".txt" and path.is_file():
+        h.update(hashlib.sha256(path.read_bytes()).digest())

@@ -1,6 +1,8 @@
 """Atomic writers, the asynchronous writer of the make-steps, id lists, labels and the seed (CAM) artifact format."""
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import tempfile
@@ -10,24 +12,75 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import torch
 from PIL import Image
 
 from misc.errors import UserError
 
 
+def default_mode(folder: bool = False) -> int:
+    """The permission bits the process umask gives a new file (0o666 & ~umask) or, with ``folder``, a new
+    folder (0o777 & ~umask), e.g. 0o644 / 0o755 under umask 022. Read from /proc where it is there, so that
+    the umask is never changed, not even for an instant, while other threads create files."""
+    try:
+        line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("Umask:"))
+        mask = int(line.split()[1], 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o22)
+        os.umask(mask)
+    return (0o777 if folder else 0o666) & ~mask
+
+
+# write failures a user fixes outside the toolkit (space, quota, permissions, a read-only disk)
+_DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}
+_ACCESS_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST)
+
+
+def write_error(path: Path, e: OSError) -> UserError:
+    """The one-line UserError of a failed write of ``path``: a full disk or quota (nothing partial is left,
+    finished files are kept, so rerunning resumes), or a folder that cannot be written."""
+    if e.errno in _DISK_ERRORS:
+        return UserError(f"{path}: not written, {_DISK_ERRORS[e.errno]}; no partial file was left and finished files "
+                         f"are kept: free space under {path.parent} and rerun the same command to resume")
+    return UserError(f"{path}: cannot be written ({e.strerror or e}); pass a --work_dir (or output flag) you can "
+                     "write to")
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it is renamed onto ``path`` (atomic on POSIX)."""
+    """Yield a temporary path next to ``path``; on success it is renamed onto ``path`` (atomic on POSIX) with
+    the mode the umask gives a new file (``default_mode``). Nothing is left behind on failure; a full disk
+    or an unwritable folder becomes one UserError line (``write_error``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp" + path.suffix)
-    os.close(fd)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp" + path.suffix)
+        os.close(fd)
+    except OSError as e:
+        if e.errno in _DISK_ERRORS or e.errno in _ACCESS_ERRORS:
+            raise write_error(path, e) from None
+        raise
+    try:
+        os.chmod(tmp, default_mode())
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in _DISK_ERRORS or e.errno in _ACCESS_ERRORS:
+            raise write_error(path, e) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_torch(path: str | Path, obj: Any) -> None:
+    """``torch.save(obj)`` to ``path`` atomically, byte-reproducible: equal tensors give equal files (the
+    archive is built in memory under a fixed name; saved to the temporary path, torch would store that
+    path's random name inside the file)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getbuffer())
 
 
 class AsyncWriter:

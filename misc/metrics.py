@@ -37,3 +37,9 @@ def fp_fn_rates(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     union = gt + pred - tp
     with np.errstate(invalid="ignore", divide="ignore"):
         return 1 - gt / union, 1 - pred / union
+
+
+def never_predicted(conf: np.ndarray) -> list[int]:
+    """The classes (row / column indices) with GT pixels that no pixel is predicted as: column sum 0, row
+    sum > 0. Sorted list of ints."""
+    return [int(c) for c in np.flatnonzero((conf.sum(1) > 0) & (conf.sum(0) == 0))]

@@ -9,6 +9,7 @@ cluttered with muted shapes, lines and noise. GT masks carry a 255 band on every
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from misc.io import default_mode
 from misc.seeds import IGNORE
 
 # (short side / long side) choices: a few distinct image shapes, as real datasets have a few dominant sizes
@@ -92,6 +94,7 @@ def generate_once(root: str | Path, params: dict, fill: Callable[[Path], None]) 
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
+    os.chmod(tmp, default_mode(folder=True))  # mkdtemp makes it 0700
     fill(tmp)
     (tmp / "toy.json").write_text(json.dumps(params) + "\n")
     if root.exists():

@@ -90,21 +90,35 @@ class ResNet50(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
+def load_torchvision_trunk(trunk: nn.Module, path: Path, name: str) -> None:
+    """Load a torchvision ImageNet state_dict file of network ``name`` (e.g. 'resnet50') into ``trunk``,
+    dropping fc.*, with strict key and shape checking: another network's file (resnet18, a checkpoint of
+    this toolkit) is one UserError line naming ``path`` before any tensor is copied. torchvision's files
+    carry no BatchNorm num_batches_tracked (load_state_dict fills it in)."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a bad file
+        raise UserError(f"{path}: not a loadable torch state_dict ({e})") from None
+    if not isinstance(sd, dict):
+        raise UserError(f"{path}: holds a {type(sd).__name__}, not a state_dict; pass torchvision's {name} "
+                        "IMAGENET1K_V1 .pth")
+    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    own = trunk.state_dict()
+    bad = sorted(k for k in set(own) ^ set(sd) if not k.endswith("num_batches_tracked"))
+    bad += sorted(k for k in own.keys() & sd.keys() if tuple(own[k].shape) != tuple(getattr(sd[k], "shape", ())))
+    if bad:
+        raise UserError(f"{path}: not a torchvision {name} state_dict ({len(bad)} keys missing, unexpected or of "
+                        f"another shape, first {bad[:2]}); pass torchvision's {name} IMAGENET1K_V1 .pth")
+    trunk.load_state_dict(sd, strict=False)
+
+
 def load_imagenet_weights(model: ResNet50, path: str | Path) -> None:
     """Load torchvision's ``resnet50`` IMAGENET1K_V1 state_dict file (e.g. resnet50-0676ba61.pth or the legacy
-    resnet50-19c8e357.pth) into a width-64 trunk, dropping fc.*, with strict key checking."""
+    resnet50-19c8e357.pth) into a width-64 trunk (``load_torchvision_trunk``)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: ImageNet ResNet-50 weights not found; download torchvision's resnet50 "
                         "IMAGENET1K_V1 file on a machine with internet and pass it with --pretrained_weights")
     if model.out_channels != 2048:
         raise UserError(f"{path}: ImageNet weights need the full-width backbone; set --backbone_width 64")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a bad file
-        raise UserError(f"{path}: not a loadable torch state_dict ({e})") from None
-    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise UserError(f"{path}: not a torchvision resnet50 state_dict (missing {missing[:3]}, "
-                        f"unexpected {unexpected[:3]})")
+    load_torchvision_trunk(model, path, "resnet50")

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from misc.errors import UserError
-from net.resnet50 import ResNet50
+from net.resnet50 import ResNet50, load_torchvision_trunk
 
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
@@ -142,18 +142,4 @@ def load_imagenet_trunk(net: RSEPM, path: str | Path) -> None:
                         "file on a machine with internet and pass its path")
     if net.model.out_channels != 2048:
         raise UserError(f"{path}: ImageNet weights need the full-width trunk (width 64)")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a bad file
-        raise UserError(f"{path}: not a loadable torch state_dict ({e})") from None
-    if not isinstance(sd, dict):
-        raise UserError(f"{path}: holds a {type(sd).__name__}, not a state_dict")
-    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
-    own = net.model.state_dict()
-    # torchvision's files carry no BatchNorm num_batches_tracked (load_state_dict fills it in)
-    bad = sorted(k for k in set(own) ^ set(sd) if not k.endswith("num_batches_tracked"))
-    bad += sorted(k for k in own.keys() & sd.keys() if own[k].shape != sd[k].shape)
-    if bad:
-        raise UserError(f"{path}: not a torchvision {name} state_dict (first mismatching keys: {bad[:3]}); "
-                        f"pass the {name} file")
-    net.model.load_state_dict(sd, strict=False)
+    load_torchvision_trunk(net.model, path, name)

@@ -16,6 +16,7 @@ from misc.io import save_json
 from step.common.data import get_dataset, load_list, out_path
 from step.common.entry import step_main
 from step.common.evaluation import report, sweep_thresholds, thresholds_of
+from step.common.reports import say_never_predicted
 
 SECTIONS = ("run", "data", "toy", "seeds")  # the flag sections it reads
 
@@ -33,6 +34,8 @@ def run(args: argparse.Namespace) -> dict:
         return result
     report(names, {f"thr {s['fixed']['threshold']:.2f}": fixed, f"best thr {s['best']['threshold']:.2f}": best})
     save_json(out_path(args, args.eval_out_dir) / "eval_cam.json", result)
+    fixed_thr = s["fixed"]["threshold"]
+    say_never_predicted("eval_cam", names, s["fixed"]["never_predicted"], f" at threshold {fixed_thr:.2f}")
     print(f"eval_cam: mIoU {100 * s['fixed']['miou']:.2f} at threshold {s['fixed']['threshold']:.2f}, best "
           f"{100 * s['best']['miou']:.2f} at {s['best']['threshold']:.2f} ({len(ids)} images)")
     return result

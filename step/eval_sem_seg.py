@@ -21,10 +21,11 @@ from misc import dist
 from misc.errors import UserError
 from misc.imutils import read_label_png
 from misc.io import save_json
-from misc.metrics import confusion_matrix, fp_fn_rates, iou_from_confusion
+from misc.metrics import confusion_matrix, fp_fn_rates, iou_from_confusion, never_predicted
 from step.common.data import get_dataset, load_list, out_path
 from step.common.entry import step_main
 from step.common.evaluation import PerImageGT, accumulate, report, sweep_thresholds, thresholds_of
+from step.common.reports import say_never_predicted
 
 SECTIONS = ("run", "data", "toy", "sem_seg")  # the flag sections it reads
 
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> dict:
     result = {"list": args.eval_list, "num_images": len(ids), "classes": list(names), "miou": float(np.nanmean(iou)),
               "iou": iou.tolist(), "fp": fp.tolist(), "fn": fn.tolist(),
               "background_fp": float(fp[0]), "background_fn": float(fn[0]),
-              "foreground_fp": float(np.nanmean(fp[1:])), "foreground_fn": float(np.nanmean(fn[1:]))}
+              "foreground_fp": float(np.nanmean(fp[1:])), "foreground_fn": float(np.nanmean(fn[1:])),
+              "never_predicted": never_predicted(conf)}
     score_dir = pred_dir.with_name(pred_dir.name + "_scores")
     if all((score_dir / f"{i}.npz").is_file() for i in ids):
         thr = thresholds_of(args.sem_seg_eval_sweep, args.sem_seg_bg_thres)
@@ -67,6 +69,7 @@ def run(args: argparse.Namespace) -> dict:
     if not dist.is_main():
         return result
     report(names, columns)
+    say_never_predicted("eval_sem_seg", names, result["never_predicted"])
     print(f"eval_sem_seg: background fp {fp[0]:.3f} fn {fn[0]:.3f}; foreground mean fp {result['foreground_fp']:.3f} "
           f"fn {result['foreground_fn']:.3f}")
     print(f"eval_sem_seg: mIoU {100 * result['miou']:.2f} ({len(ids)} images)"

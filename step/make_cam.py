@@ -4,9 +4,9 @@
 
 For every id of --train_list writes ``<cam_out_dir>/<id>.npz`` (see misc.io.save_cam): the GT classes'
 CAMs summed over --cam_scales and flips, at stride 4 (``cam``) and full size (``high_res``), each class
-divided by its max + 1e-5. Ids whose file exists are skipped unless --overwrite. Under torchrun each rank
-takes every W-th batch of same-size images (``step.common.parallel.bucketed_loader``), so its seeds are
-bit-identical to a single-process run's.
+divided by its max + 1e-5; how many class maps are empty (all zero) is reported. Ids whose file exists
+are skipped unless --overwrite. Under torchrun each rank takes every W-th batch of same-size images
+(``step.common.parallel.bucketed_loader``), so its seeds are bit-identical to a single-process run's.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from step.common.data import get_dataset, load_labels, load_list, out_path
 from step.common.entry import step_main
 from step.common.models import trained_classifier
 from step.common.parallel import bucketed_loader, pending, place, progress, say
+from step.common.reports import EmptySeeds
 
 SECTIONS = ("run", "data", "toy", "backbone", "classifier", "seeds")  # the flag sections it reads
 
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> None:
     data = MultiScaleDataset(ds.image_path, todo, labels, args.cam_scales)
     loader = bucketed_loader(ds, data, todo, args.cam_batch_images, collate_same_size, args.num_workers, device)
     total = sum(map(len, loader.batch_sampler))
+    empty = EmptySeeds()
     with torch.no_grad(), AsyncWriter() as writer, progress(total=total, desc="make_cam") as bar:
         for b in loader:
             views = [v.to(device, non_blocking=True) for v in b["img"]]
@@ -52,8 +54,10 @@ def run(args: argparse.Namespace) -> None:
                 cam = normalise_keep(strided[j], keys).cpu().numpy()
                 hr = normalise_keep(high[j], keys).cpu().numpy()
                 writer.submit(save_cam, out_dir / f"{name}.npz", keys.cpu().numpy(), cam, hr)
+                empty.add(hr)
             bar.update(len(b["name"]))
     say(f"make_cam: {len(todo)} seeds -> {out_dir}")
+    empty.report("make_cam")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from step.common.data import get_dataset, load_labels, load_list, out_path
 from step.common.entry import step_main
 from step.common.models import trained_classifier
 from step.common.parallel import pending, place, progress, say, shard
+from step.common.reports import EmptySeeds
 
 SECTIONS = ("run", "data", "toy", "backbone", "classifier", "seeds", "rib")  # the flag sections it reads
 
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> None:
     salted = ([(args.seed, target_keys[n // args.rib_iters], n % args.rib_iters, j, i) for j, i in enumerate(b)]
               for n, b in enumerate(sampler))  # PerItemSeed keys: augmentation fixed per target, step, slot
     aux_batches = iter(DataLoader(PerItemSeed(aux), batch_sampler=salted, collate_fn=_collate_aux, **kw))
-    steps_taken = []
+    steps_taken, empty = [], EmptySeeds()
     with AsyncWriter() as writer, progress(total=len(mine), desc="make_rib_cam") as bar:
         for item in target_loader:
             model.load_state_dict(theta0)
@@ -129,13 +130,16 @@ def run(args: argparse.Namespace) -> None:
                                         tuple(item["size"]))
             steps_taken.append(n)
             keys = torch.nonzero(label)[:, 0]
+            high = normalise_keep(high, keys).cpu().numpy()
             writer.submit(save_cam, out_dir / f"{item['name']}.npz", keys.cpu().numpy(),
-                          normalise_keep(strided, keys).cpu().numpy(), normalise_keep(high, keys).cpu().numpy())
+                          normalise_keep(strided, keys).cpu().numpy(), high)
+            empty.add(high)
             bar.update()
     images, updates, early = dist.sum_over_ranks(np.array([len(steps_taken), sum(steps_taken),
                                                            sum(n < args.rib_iters for n in steps_taken)]))
     say(f"make_rib_cam: {len(todo)} seeds -> {out_dir} (updates per image: mean {updates / images:.2f}, "
         f"{early / images * 100:.0f}% stopped early)")
+    empty.report("make_rib_cam")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from step.common.data import get_dataset, load_labels, load_list, out_path
 from step.common.entry import step_main
 from step.common.models import classifier
 from step.common.parallel import place, rank_batch, say, shard, train_loader
+from step.common.reports import warn_rare_classes
 from step.common.training import fit
 
 SECTIONS = ("run", "data", "toy", "backbone", "classifier")  # the flag sections it reads
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> None:
     ds = get_dataset(args)
     ids, val_ids = load_list(args, args.train_list), load_list(args, args.val_list)
     labels = load_labels(args, ds, ids + val_ids)
+    warn_rare_classes("train_cam", ds.class_names, labels, ids, args.train_list)
     train = ClassificationDataset(ds.image_path, ids, labels, crop=args.cam_crop_size,
                                   resize_long=tuple(args.cam_resize_long))
     loader = train_loader(train, args.cam_batch_size, "--cam_batch_size", args.train_list, args.seed,

@@ -19,6 +19,7 @@ class VOC12(DatasetSpec):
     class_names = CLASS_NAMES
     num_classes = len(CLASS_NAMES)
     gt_hint = "check --voc12_root (SegmentationClass/ or SegmentationClassAug/ must hold it)"
+    sources = ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation")
 
     def __init__(self, root: str | Path):
         self.root = Path(root)

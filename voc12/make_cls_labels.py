@@ -4,7 +4,8 @@ Labels come from ``Annotations/<id>.xml`` (VOC class tags only; part names such 
 classes) or, for an id without XML, from its segmentation PNG (SegmentationClassAug, else
 SegmentationClass). Lists: ``train`` and ``val`` from ImageSets/Segmentation, ``train_aug`` =
 SegmentationClassAug ids minus val (10,582 on VOC + SBD); without SegmentationClassAug, train_aug =
-every labelled id minus val. Written to ``<out_dir>/cls_labels.json`` ({id: [0-based classes]}) and
+every labelled id minus val. The lists are then scanned (``DatasetSpec.scan``: images present, GT masks of
+class values and of their image's size). Written to ``<out_dir>/cls_labels.json`` ({id: [0-based classes]}) and
 ``<out_dir>/<split>.txt``.
 
     python -m voc12.make_cls_labels --voc12_root VOCdevkit/VOC2012 --out_dir runs/voc12/meta
@@ -53,7 +54,6 @@ def make_cls_labels(ds: VOC12, out_dir: str | Path) -> dict[str, list[int]]:
             labels[img_id] = labels_from_xml(ann / f"{img_id}.xml", ds.class_names)
         else:
             labels[img_id] = labels_from_mask(ds.read_gt(img_id))
-    save_json(out_dir / "cls_labels.json", labels)
 
     sets = ds.root / "ImageSets" / "Segmentation"
     lists: dict[str, list[str]] = {}
@@ -63,11 +63,15 @@ def make_cls_labels(ds: VOC12, out_dir: str | Path) -> dict[str, list[int]]:
     val = set(lists.get("val", []))
     pool = sorted(p.stem for p in aug.glob("*.png")) if aug.is_dir() else sorted(labels)
     lists["train_aug"] = [i for i in pool if i not in val]
+    where = {"train": sets / "train.txt", "val": sets / "val.txt", "train_aug": aug if aug.is_dir() else ds.root}
     for split, ids in lists.items():
         missing = [i for i in ids if i not in labels]
         if missing:
-            raise UserError(f"{sets / (split + '.txt')}: id {missing[0]} has neither XML nor mask "
+            raise UserError(f"{where[split]}: id {missing[0]} has neither XML nor mask "
                             f"({len(missing)} such ids); the dataset folder is incomplete")
+    ds.scan({where[s]: ids for s, ids in lists.items()})
+    save_json(out_dir / "cls_labels.json", labels)
+    for split, ids in lists.items():
         write_id_list(out_dir / f"{split}.txt", ids)
     return labels
 

@@ -6,5 +6,6 @@
 - ``parallel``: torchrun pieces (id shards, rank-0 output, per-rank batches, DDP wrapping, loaders);
 - ``training``: the one training loop (``fit``) of the training steps;
 - ``evaluation``: streaming per-image scoring, the threshold sweep, the printed table;
+- ``reports``: warnings about degenerate output (empty seeds, classes never predicted, rare classes);
 - ``entry``: the command-line entry point of run_sample.py and of ``python -m step.<name>``.
 """

@@ -3,6 +3,7 @@ resume state of the training steps."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import torch
 from misc import dist
 from misc.config import flags_in
 from misc.errors import UserError
-from misc.io import atomic_path
+from misc.io import save_json, save_torch
+from step.common.data import data_digest, out_path
 from step.common.parallel import say
 
 
@@ -41,8 +43,7 @@ def save_checkpoint(model: torch.nn.Module, path: Path, what: str) -> None:
     rank 0 only (DDP keeps the ranks' weights equal)."""
     if not dist.is_main():
         return
-    with atomic_path(path) as tmp:
-        torch.save(model.state_dict(), tmp)
+    save_torch(path, model.state_dict())
     print(f"{what} -> {path}")
 
 
@@ -61,16 +62,55 @@ class EpochResume:
     --seed and --amp. Everything else (the method, other steps' flags such as --draw_num, the work folder,
     --device, --num_workers, --channels_last, --deterministic, --overwrite, --val_list) may change between
     the interrupted run and its restart: ``--method rib`` after an interrupted IRN train_cam resumes it,
-    as both methods share the classifier."""
+    as both methods share the classifier. The data part also holds ``step.common.data.data_digest`` (the
+    dataset's fingerprint and the --train_list ids), so a dataset changed in place trains again, and, for an
+    input naming weights with a record (train_irn's classifier), their hash, so retrained inputs train again.
+
+    The same fingerprint decides whether a finished training is done (``finished``): ``fit`` skips a
+    training whose final weights exist with a record ``<weights>.json`` (``record``) of this fingerprint
+    and of their hash, unless --overwrite."""
 
     DATA = ("dataset", "voc12_root", "coco14_root", "toy", "train_list", "seed", "amp")
 
     def __init__(self, args: argparse.Namespace, weights: Path, sections: tuple[str, ...],
                  inputs: tuple[str, ...] = ()):
         self.path = weights.with_name(weights.name + ".resume")
+        self.record_path = weights.with_name(weights.name + ".json")
+        self.overwrite = bool(args.overwrite)
         flags = flags_in(args, sections + (("toy",) if args.toy else ()))
         flags.update({k: getattr(args, k) for k in self.DATA + inputs})
+        flags["data"] = data_digest(args)
+        for k in inputs:  # an input that is trained weights: the hash its record holds (retrained: train again)
+            rec = out_path(args, str(getattr(args, k)))
+            rec = rec.with_name(rec.name + ".json")
+            if rec.is_file():
+                flags[f"{k} sha256"] = json.loads(rec.read_text()).get("sha256")
         self.flags = json.loads(json.dumps(flags, default=str))
+
+    def finished(self, weights: Path) -> bool:
+        """Whether ``weights`` are the final weights of this very training: they exist, and the record beside
+        them (``<weights>.json``, written by ``record``) holds this run's fingerprint and their hash. Says why
+        not when weights exist; False with --overwrite."""
+        if self.overwrite or not weights.is_file():
+            return False
+        try:
+            rec = json.loads(self.record_path.read_text())
+        except (OSError, ValueError):
+            say(f"{weights}: exists without a record of its training flags ({self.record_path.name}); training again "
+                "(to use these weights as they are, skip the step with --<step>_pass False)")
+            return False
+        changed = _changed(self.flags, rec.get("flags", {}))
+        if changed or rec.get("sha256") != _sha256(weights):
+            why = (f"trained under other flags ({', '.join(changed[:5])})" if changed
+                   else "not the weights its record names")
+            say(f"{weights}: {why}; training again")
+            return False
+        return True
+
+    def record(self, weights: Path) -> None:
+        """Write ``<weights>.json`` (rank 0): the fingerprint the weights were trained under and their hash."""
+        if dist.is_main():
+            save_json(self.record_path, {"flags": self.flags, "sha256": _sha256(weights)})
 
     def load(self, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: object) -> int:
         """Restore the saved state into ``model``, ``opt`` and ``sched`` when it fits this run. Returns the
@@ -83,8 +123,7 @@ class EpochResume:
             say(f"{self.path}: unreadable resume state ({type(e).__name__}); starting over")
             return 0
         if state.get("flags") != self.flags:
-            changed = sorted(k for k in set(self.flags) | set(state.get("flags", {}))
-                             if self.flags.get(k) != state.get("flags", {}).get(k))
+            changed = _changed(self.flags, state.get("flags", {}))
             say(f"{self.path}: flags changed since the interrupted run ({', '.join(changed[:5])}); starting over")
             return 0
         model.load_state_dict(state["model"])
@@ -96,11 +135,24 @@ class EpochResume:
     def save(self, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: object, epoch: int) -> None:
         """Record the state after ``epoch`` finished epochs (rank 0, atomic)."""
         if dist.is_main():
-            with atomic_path(self.path) as tmp:
-                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(), "epoch": epoch, "flags": self.flags}, tmp)
+            save_torch(self.path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                   "scheduler": sched.state_dict(), "epoch": epoch, "flags": self.flags})
 
     def clear(self) -> None:
         """Remove the resume state (rank 0), once the final weights are written."""
         if dist.is_main():
             self.path.unlink(missing_ok=True)
+
+
+def _changed(a: dict, b: dict) -> list[str]:
+    """The sorted keys whose values differ between two fingerprints."""
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def _sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

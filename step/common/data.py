@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -13,7 +15,7 @@ from coco14.toy import write_toy_coco
 from misc import dist
 from misc.dataset_spec import DatasetSpec
 from misc.errors import UserError
-from misc.io import atomic_path, load_cls_labels, read_id_list
+from misc.io import load_cls_labels, read_id_list, save_json
 from voc12.dataloader import VOC12
 from voc12.make_cls_labels import make_cls_labels as voc12_cls_labels
 from voc12.toy import write_toy_voc
@@ -48,27 +50,59 @@ def dataset_root(args: argparse.Namespace) -> Path:
 
 def get_dataset(args: argparse.Namespace) -> DatasetSpec:
     """The dataset of this run (--dataset); generates the toy folder and derives labels and lists into
-    ``<work_dir>/meta`` when missing or derived from another folder (under torchrun rank 0 does that while
-    the other ranks wait, then they find everything in place)."""
+    ``<work_dir>/meta`` when missing (under torchrun rank 0 does that while the other ranks wait, then they
+    find everything in place).
+
+    The meta is keyed by what it was derived from (``DatasetSpec.fingerprint``: the list files' content,
+    the names, sizes and modification times of the image, annotation and mask folders), stored in
+    ``<meta>/source.json``. When the dataset changed since (regenerated in place, SegmentationClassAug
+    added, ...), the labels, lists and every artifact of the work folder may be stale: UserError naming
+    what changed, unless --overwrite, which derives the meta again (and makes every step recompute)."""
     with dist.main_first():
         root = dataset_root(args)
         spec, derive = DATASETS[args.dataset]
         ds = spec(root)
         labels = meta_dir(args) / "cls_labels.json"
-        stamp = meta_dir(args) / "source.txt"
-        toy = Path(root) / "toy.json"  # a regenerated toy folder (other parameters) needs new labels too
-        source = str(Path(root).resolve()) + ("\n" + toy.read_text().strip() if toy.is_file() else "")
-        if not labels.is_file() or not stamp.is_file() or stamp.read_text().strip() != source:
+        stamp = meta_dir(args) / "source.json"
+        now = ds.fingerprint()
+        try:
+            then = json.loads(stamp.read_text()) if labels.is_file() else None
+        except (OSError, ValueError):
+            then = None  # no record (a fresh work folder, a torn or older stamp): derive
+        if then != now:
+            if then is not None and not args.overwrite:
+                raise UserError(f"{root}: changed since {meta_dir(args)} was derived from it ({_changes(then, now)}); "
+                                f"its labels, lists and the artifacts in {args.work_dir} may be stale: rerun with "
+                                "--overwrite True to derive and compute them again, or pass a new --work_dir")
             derive(ds, meta_dir(args))
-            with atomic_path(stamp) as tmp:
-                tmp.write_text(source + "\n")
+            save_json(stamp, now)
     return ds
+
+
+def _changes(then: dict[str, str], now: dict[str, str]) -> str:
+    """'SegmentationClassAug added, JPEGImages changed': the sources whose digest differs."""
+    def what(old: str, new: str) -> str:
+        return "added" if old == "absent" else "removed" if new == "absent" else "changed"
+    return ", ".join(f"{k} {what(then.get(k, 'absent'), v)}" for k, v in now.items() if then.get(k, "absent") != v)
 
 
 def load_list(args: argparse.Namespace, name: str) -> list[str]:
     """Ids of a list flag: a split name (file ``<meta>/<name>.txt``) or a path to a .txt file."""
     p = Path(name) if ("/" in name or name.endswith(".txt")) else meta_dir(args) / f"{name}.txt"
     return read_id_list(p)
+
+
+def data_digest(args: argparse.Namespace) -> str:
+    """SHA-256 (hex) of what a training step's data is beyond its flags: the dataset's fingerprint recorded
+    in ``<meta>/source.json`` (by ``get_dataset``) and the ids of --train_list."""
+    h = hashlib.sha256()
+    stamp = meta_dir(args) / "source.json"
+    h.update(stamp.read_bytes() if stamp.is_file() else b"-")
+    try:
+        h.update("\n".join(load_list(args, args.train_list)).encode())
+    except UserError:  # no list yet: the step that needs it reports that
+        h.update(b"-")
+    return h.hexdigest()
 
 
 def load_labels(args: argparse.Namespace, ds: DatasetSpec, ids: list[str]) -> dict[str, np.ndarray]:

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -13,6 +14,7 @@ from typing import Sequence
 from misc import dist
 from misc.cli import guarded
 from misc.config import Config
+from misc.errors import UserError
 from misc.io import save_json
 from misc.torchutils import pick_device
 from step.common.parallel import say
@@ -32,6 +34,19 @@ def git_revision() -> str:
     return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+def check_work_dir(work_dir: str) -> None:
+    """UserError naming --work_dir when the folder cannot be created or written (rank 0; before any step)."""
+    if not dist.is_main():
+        return
+    try:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=work_dir):
+            pass
+    except OSError as e:
+        raise UserError(f"--work_dir {work_dir}: cannot write there ({e.strerror or e}); pass a folder you can "
+                        "write to") from None
+
+
 def record_config(args: argparse.Namespace, name: str) -> None:
     """Write the resolved flags, the git revision, the command line and the number of processes to
     ``<work_dir>/config.<name>.json`` (rank 0)."""
@@ -48,6 +63,7 @@ def run_steps(args: argparse.Namespace, steps: Sequence[str], name: str, announc
     step/) in order, leave the group. With ``announce`` (a pipeline) each step is timed and followed by a
     barrier under torchrun, so no step reads a file another rank is still writing."""
     dist.init(pick_device(args.device))
+    check_work_dir(args.work_dir)
     record_config(args, name)
     for s in steps:
         t = time.time()

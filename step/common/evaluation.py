@@ -11,7 +11,7 @@ from misc import dist
 from misc.dataset_spec import DatasetSpec
 from misc.errors import UserError
 from misc.io import load_cam
-from misc.metrics import iou_from_confusion
+from misc.metrics import iou_from_confusion, never_predicted
 from misc.seeds import IGNORE
 from step.common.parallel import progress
 
@@ -111,15 +111,19 @@ def sweep_thresholds(ds: DatasetSpec, ids: list[str], cam_dir: Path, thr: np.nda
                      num_workers: int, desc: str) -> tuple[dict, np.ndarray, np.ndarray]:
     """Score the score maps of ``cam_dir`` (seed format) at every background threshold in ``thr``.
 
-    Returns (summary {'fixed', 'best': {'threshold', 'miou', 'iou'}, 'sweep': [{'threshold', 'miou'}]},
+    Returns (summary {'fixed': {'threshold', 'miou', 'iou', 'never_predicted'}, 'best': {'threshold', 'miou',
+    'iou'}, 'sweep': [{'threshold', 'miou'}]} where never_predicted lists the classes (indices) with GT
+    pixels that no pixel is predicted as at the fixed threshold,
     IoU (C+1,) at the fixed threshold, IoU at the best one); mIoU and IoU are fractions.
     """
     hist = accumulate(CamHistogram(ds, ids, cam_dir, thr), desc, num_workers)
-    ious = np.stack([iou_from_confusion(c) for c in confusions_from_histogram(hist)])
+    confusions = confusions_from_histogram(hist)
+    ious = np.stack([iou_from_confusion(c) for c in confusions])
     miou = np.nanmean(ious, 1)
     best = int(np.nanargmax(miou))
     at = int(np.argmin(np.abs(thr - fixed)))
-    summary = {"fixed": {"threshold": float(thr[at]), "miou": float(miou[at]), "iou": ious[at].tolist()},
+    summary = {"fixed": {"threshold": float(thr[at]), "miou": float(miou[at]), "iou": ious[at].tolist(),
+                         "never_predicted": never_predicted(confusions[at])},
                "best": {"threshold": float(thr[best]), "miou": float(miou[best]), "iou": ious[best].tolist()},
                "sweep": [{"threshold": float(t), "miou": float(m)} for t, m in zip(thr, miou)]}
     return summary, ious[at], ious[best]

@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader
 
 from misc import dist
 from misc.torchutils import autocast
-from step.common.checkpoints import EpochResume, save_checkpoint
-from step.common.parallel import distribute, progress
+from step.common.checkpoints import EpochResume, load_checkpoint, save_checkpoint
+from step.common.parallel import distribute, progress, say
 
 # loss(forward, batch) -> (the loss to backpropagate, {name: scalar to log}); forward(*inputs) runs the
 # (DDP-wrapped) model under autocast and returns its output(s) in float32. The logged scalars are this
@@ -32,6 +32,10 @@ def fit(name: str, model: torch.nn.Module, loader: DataLoader, opt: torch.optim.
         finalize: Callable[[torch.nn.Module], None] | None = None) -> torch.nn.Module:
     """Train ``model`` (on ``device``, in train mode) for ``epochs`` epochs over ``loader`` and save it.
 
+    A finished training is not repeated: when ``weights`` exist with the record of this run's fingerprint
+    beside them (``EpochResume.finished``; not with --overwrite), they are loaded into ``model`` and
+    returned, as a make-step skips its finished ids.
+
     Continues after the last finished epoch of an interrupted run when ``resume`` (EpochResume) fits this
     run. Under torchrun the model is wrapped in DistributedDataParallel (``sync_bn``: SyncBatchNorm on CUDA).
     Each epoch sets the loader's sampler epoch (``set_epoch``, e.g. misc.dist.RankShuffle); each iteration
@@ -40,9 +44,14 @@ def fit(name: str, model: torch.nn.Module, loader: DataLoader, opt: torch.optim.
     as a submodule of ``model``, so that the resume state holds it). After every epoch ``on_epoch(epoch,
     mean, last)`` gets the logged scalars of the total batch (mean over the epoch's iterations, and of its
     last iteration) and the resume state is written. At the end ``finalize(model)`` (e.g. a calibration),
-    then the weights go to ``weights`` atomically (``what`` names them in the message) and the resume
-    state is removed. Returns ``model`` (unwrapped).
+    then the weights go to ``weights`` atomically (``what`` names them in the message), their record
+    ``<weights>.json`` (the fingerprint and their hash) beside them, and the resume state is removed.
+    Returns ``model`` (unwrapped).
     """
+    if resume.finished(weights):
+        load_checkpoint(model, weights)
+        say(f"{name}: {weights} exists, trained under the same flags; skipped (--overwrite True trains again)")
+        return model
     start = resume.load(model, opt, sched)
     net = distribute(model, device, sync_bn=sync_bn)
 
@@ -77,5 +86,6 @@ def fit(name: str, model: torch.nn.Module, loader: DataLoader, opt: torch.optim.
     if finalize is not None:
         finalize(model)
     save_checkpoint(model, weights, what)
+    resume.record(weights)
     resume.clear()
     return model

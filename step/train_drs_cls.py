@@ -31,12 +31,6 @@ from step.common.training import fit
 
 SECTIONS = ("run", "data", "toy", "drs")  # the flag sections it reads
 
-# the flags that decide the classifier's weights (its resume fingerprint); selection adds SELECT_FLAGS
-TRAIN_FLAGS = ("drs_init", "drs_pretrained_weights", "drs_width", "drs_convs", "drs_norm", "drs_delta", "drs_resize",
-               "drs_crop", "drs_jitter", "drs_batch_size", "drs_num_epoches", "drs_optimizer", "drs_learning_rate",
-               "drs_momentum", "drs_weight_decay", "drs_decay_epochs", "drs_select")
-SELECT_FLAGS = ("eval_list", "saliency_root", "drs_saliency_thres", "drs_alpha", "drs_side", "drs_scales")
-
 
 def run(args: argparse.Namespace) -> None:
     """Train (resuming an interrupted run with the same flags), select the epoch, save atomically."""
@@ -63,7 +57,7 @@ def run(args: argparse.Namespace) -> None:
         opt = torch.optim.Adam(groups, lr=args.drs_learning_rate, weight_decay=args.drs_weight_decay)
     sched = step_decay(opt, len(loader), args.drs_decay_epochs)
     weights = out_path(args, args.drs_cls_weights_name)
-    resume = EpochResume(args, weights, (), TRAIN_FLAGS + (SELECT_FLAGS if select else ()))
+    resume = EpochResume(args, weights, ("drs",), ("eval_list",))
     best = BestEpoch(weights, resume.flags)
 
     def loss(forward, b: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

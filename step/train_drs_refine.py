@@ -36,11 +36,6 @@ from step.common.training import fit
 
 SECTIONS = ("run", "data", "toy", "seeds", "drs")  # the flag sections it reads
 
-TRAIN_FLAGS = ("drs_init", "drs_pretrained_weights", "drs_width", "drs_convs", "drs_norm", "drs_side", "drs_jitter",
-               "drs_refine_batch_size", "drs_refine_num_epoches", "drs_refine_learning_rate", "drs_refine_decay_epochs",
-               "drs_select", "cam_out_dir")
-SELECT_FLAGS = ("eval_list", "saliency_root", "drs_saliency_thres", "drs_alpha", "drs_scales")
-
 
 class RefineData(SquareDataset):
     """SquareDataset training items plus 'target' float32 (C, side, side): the seed's arg-max-kept map, flipped
@@ -80,7 +75,7 @@ def run(args: argparse.Namespace) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=args.drs_refine_learning_rate)
     sched = step_decay(opt, len(loader), args.drs_refine_decay_epochs)
     weights = out_path(args, args.drs_refine_weights_name)
-    resume = EpochResume(args, weights, (), TRAIN_FLAGS + (SELECT_FLAGS if select else ()))
+    resume = EpochResume(args, weights, ("drs",), ("eval_list",))
     best = BestEpoch(weights, resume.flags)
 
     def loss(forward, b: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -320,7 +320,7 @@ TOY_RECIPE = dict(
 DRS_TOY = dict(drs_init="scratch", drs_width=16, drs_convs=(1, 1, 1, 1, 1), drs_norm=True, drs_resize=112, drs_crop=96,
                drs_side=96, drs_scales=(64, 96, 128), drs_optimizer="adam", drs_batch_size=16, drs_num_epoches=8,
                drs_learning_rate=3e-4, drs_weight_decay=0.0, drs_decay_epochs=(6,), drs_refine_batch_size=16,
-               drs_refine_num_epoches=4, drs_refine_learning_rate=1e-3, drs_refine_decay_epochs=(3,))
+               drs_refine_num_epoches=14, drs_refine_learning_rate=1e-3, drs_refine_decay_epochs=(12,))
 
 # What the toy changes per method, after TOY_RECIPE: a pipeline check in about a minute on 2 CPU cores after
 # the shared classifier, not the method's published constants. RIB fine-tunes the classifier once per image

@@ -6,11 +6,12 @@ Images of --train_list squashed to --drs_side (aspect ratio lost, as published),
 (--drs_jitter) and flipped together with their target: the seed (``<cam_out_dir>/<id>.npz``, e.g.
 make_drs_locmap's) resized to the square (``net.vgg16_refine.seed_to_square``) with each pixel keeping only
 its arg-max class's value (``refinement_target``). Plain VGG-16-D1 + 3 convs + 1x1 to the classes, MSE over
-every class and pixel (no label masking in training, as published), Adam --drs_refine_learning_rate without
-weight decay, lr x0.1 at the start of each 0-based epoch of --drs_refine_decay_epochs, total batch
---drs_refine_batch_size over the torchrun processes. --drs_select gt_miou keeps the epoch whose saliency
-pseudo labels score best against the GT masks of --eval_list (published; uses pixel labels). Writes
---drs_refine_weights_name (default <work_dir>/sess/vgg16_drs_refine.pth); resumes after the last finished epoch.
+every class and pixel (no label masking in training, as published), trunk per --drs_init, Adam
+--drs_refine_learning_rate without weight decay, lr x0.1 at the start of each 0-based epoch of
+--drs_refine_decay_epochs, total batch --drs_refine_batch_size over the torchrun processes. --drs_select
+gt_miou keeps the epoch whose saliency pseudo labels score best against the GT masks of --eval_list
+(published; uses pixel labels). Writes --drs_refine_weights_name (default
+<work_dir>/sess/vgg16_drs_refine.pth); resumes after the last finished epoch.
 """
 from __future__ import annotations
 

@@ -359,6 +359,10 @@ PUBLISHED_RECIPES = {
     ("rib", "coco14"): dict(rib_tau=0.5, rib_lr=5e-6, rib_aux_batch=15, rib_stop_logit=1000, rib_area_ratio=0.8,
                             cam_eval_sweep=(0.10, 0.50, 0.01), conf_fg_thres=0.35, conf_bg_thres=0.17,
                             sem_seg_bg_thres=0.22, sem_seg_power=1.3, sem_seg_canvas=0),
+    # DRS (qjadud1994/DRS run.sh, VOC only): the drs section's defaults are its constants; the published code has
+    # no COCO recipe, so DRS on COCO runs them unchanged (80 classes from the dataset spec). drs_irn adds IRN's
+    # stage with IRN's defaults (DRS published no saliency-free variant).
+    ("drs", "voc12"): dict(),
 }
 
 CONFIG = Config(sections=(Run, Data, Toy, Backbone, Classifier, Seeds, Rib, Drs, IrLabel, Irn, SemSeg, Draw),

@@ -106,17 +106,19 @@ def downsample_label(label, factor: int):
 def color_jitter(img: np.ndarray, brightness: float, contrast: float, saturation: float, hue: float) -> np.ndarray:
     """torchvision's ColorJitter drawn from NumPy's global generator (so ``misc.dist.PerItemSeed`` seeds it):
     brightness, contrast and saturation factors U(1 - b, 1 + b), hue shift U(-h, h), applied in a random
-    order with torchvision's functional ops. uint8 (H, W, 3) -> uint8 (H, W, 3)."""
+    order with torchvision's functional ops; a 0 parameter skips its op, as torchvision does. uint8 (H, W, 3) ->
+    uint8 (H, W, 3)."""
     import torchvision.transforms.functional as TF
 
-    ops = [(TF.adjust_brightness, np.random.uniform(max(0.0, 1 - brightness), 1 + brightness)),
-           (TF.adjust_contrast, np.random.uniform(max(0.0, 1 - contrast), 1 + contrast)),
-           (TF.adjust_saturation, np.random.uniform(max(0.0, 1 - saturation), 1 + saturation)),
-           (TF.adjust_hue, np.random.uniform(-hue, hue))]
+    ops = [(TF.adjust_brightness, np.random.uniform(max(0.0, 1 - brightness), 1 + brightness), brightness),
+           (TF.adjust_contrast, np.random.uniform(max(0.0, 1 - contrast), 1 + contrast), contrast),
+           (TF.adjust_saturation, np.random.uniform(max(0.0, 1 - saturation), 1 + saturation), saturation),
+           (TF.adjust_hue, np.random.uniform(-hue, hue), hue)]
     im = Image.fromarray(img)
     for k in np.random.permutation(4):
-        fn, factor = ops[k]
-        im = fn(im, float(factor))
+        fn, factor, amount = ops[k]
+        if amount > 0:
+            im = fn(im, float(factor))
     return np.asarray(im)
 
 

@@ -330,3 +330,22 @@ def test_square_dataset_squashes_and_crops(mini_voc):
     b = collate_squares([infer[k] for k in range(3)])
     assert train[0]["img"].shape == (3, 32, 32) and b["img"].shape == (3, 3, 40, 40)
     assert all(len(s) == 2 and max(s) == 96 for s in b["size"])  # the image's own size travels with it
+
+
+def test_gt_selection_keeps_the_best_epoch_and_says_so(mini_voc, tmp_path, capsys):
+    import run_sample
+    from step import train_drs_cls
+
+    args = run_sample.parse_args([
+        "--method", "drs", "--voc12_root", str(mini_voc), "--work_dir", str(tmp_path), "--train_list", "train",
+        "--eval_list", "train", "--drs_init", "scratch", "--drs_width", "4", "--drs_convs", "1", "1", "1", "1", "1",
+        "--drs_norm", "True", "--drs_resize", "40", "--drs_crop", "32", "--drs_side", "32", "--drs_scales", "32",
+        "--drs_batch_size", "5", "--drs_num_epoches", "3", "--drs_optimizer", "adam", "--num_workers", "0",
+        "--drs_select", "gt_miou", "--device", "cpu"])
+    train_drs_cls.run(args)
+    out = capsys.readouterr().out
+    scores = [float(ln.rsplit(" ", 1)[1]) for ln in out.splitlines() if "GT mIoU of its saliency" in ln]
+    kept = int(out.split("keeping epoch ")[1].split()[0])
+    assert len(scores) == 3 and scores[kept - 1] == max(scores) and scores.index(max(scores)) == kept - 1
+    assert (tmp_path / "sess" / "vgg16_drs.pth").is_file()
+    assert not list((tmp_path / "sess").glob("*.best*")) and not list((tmp_path / "sess").glob("*.resume"))

@@ -36,6 +36,10 @@ PIPELINES = {
             "eval_sem_seg", "draw"),
     "rib": ("train_cam", "make_rib_cam", "eval_cam", "cam_to_ir_label", "train_irn", "make_sem_seg_labels",
             "eval_sem_seg", "draw"),
+    "drs": ("train_drs_cls", "make_drs_locmap", "eval_cam", "train_drs_refine", "make_drs_pseudo", "eval_sem_seg",
+            "draw"),
+    "drs_irn": ("train_drs_cls", "make_drs_locmap", "eval_cam", "cam_to_ir_label", "train_irn", "make_sem_seg_labels",
+                "eval_sem_seg", "draw"),
 }
 
 
@@ -43,7 +47,8 @@ PIPELINES = {
 class Run:
     """Method, work folder, devices, precision, seeds, resume"""
 
-    method: str = flag("irn", "seed method: its pipeline and recipes (irn: make_cam; rib: make_rib_cam)",
+    method: str = flag("irn", "seed method: its pipeline and recipes (irn: make_cam; rib: make_rib_cam; drs: DRS "
+                       "seeds, refinement net, saliency pseudo labels; drs_irn: DRS seeds through the IRN stage)",
                        choices=tuple(PIPELINES))
     work_dir: str | None = flag(None, "folder of every artifact of this run (default runs/<dataset>, toy: runs/toy "
                                 "or runs/toy_coco14); relative output paths are inside it")
@@ -169,6 +174,74 @@ class Rib:
                             f"{' '.join(map(str, args.cam_scales))}, which must hold 1.0 (the area stop looks at it)")
 
 
+@section("drs")
+class Drs:
+    """DRS: classifier with suppression, localization maps, refinement net, saliency pseudo labels
+
+    The DRS steps squash every image to a square (aspect ratio not kept, as published); seeds and pseudo labels
+    come back at the image's own size. Both DRS pipelines (drs, drs_irn) share the two networks' weights.
+    """
+
+    drs_init: str = flag("imagenet", "imagenet: both VGG-16 trunks start from --drs_pretrained_weights (DRS); "
+                         "scratch: random init", choices=("imagenet", "scratch"))
+    drs_pretrained_weights: str | None = flag(None, "local torchvision vgg16 IMAGENET1K_V1 .pth (vgg16-397923af.pth; "
+                                              "required by --drs_init imagenet)")
+    drs_width: int = flag(64, "VGG-16 base width: stage widths x (1, 2, 4, 8, 8) (64 = VGG-16, needed by ImageNet "
+                          "weights)", minimum=1)
+    drs_convs: tuple[int, int, int, int, int] = flag((2, 2, 3, 3, 3), "VGG trunk convs per stage ((2, 2, 3, 3, 3) = "
+                                                     "VGG-16, needed by ImageNet weights)", minimum=1)
+    drs_norm: bool = flag(False, "BatchNorm before every activation of both trunks (not published; the toy trains "
+                          "from scratch, where the plain VGG does not learn)")
+    drs_delta: float | None = flag(None, "fixed suppression controller G = delta; none: the learnable one "
+                                   "(published)", above=0)
+    drs_resize: int = flag(384, "classifier training: images squashed to this square, pixels", minimum=16)
+    drs_crop: int = flag(320, "classifier training: random crop of the square, pixels", minimum=16)
+    drs_jitter: tuple[float, float, float, float] = flag((0.3, 0.3, 0.3, 0.1), "colour jitter of both trainings: "
+                                                         "brightness, contrast, saturation, hue", minimum=0,
+                                                         metavar=("B", "C", "S", "H"))
+    drs_batch_size: int = flag(10, "classifier total batch (over all torchrun processes; the published code used "
+                               "5 per GPU on 2 GPUs)", minimum=1)
+    drs_num_epoches: int = flag(15, "classifier epochs", minimum=1)
+    drs_optimizer: str = flag("sgd", "classifier optimiser: sgd = Nesterov SGD (DRS); adam (the toy)",
+                              choices=("sgd", "adam"))
+    drs_learning_rate: float = flag(1e-3, "classifier lr of the trunk weights; trunk biases 2x, head and DRS "
+                                    "controller weights 10x, head biases 20x", above=0)
+    drs_momentum: float = flag(0.9, "classifier SGD (Nesterov) momentum", minimum=0, maximum=1)
+    drs_weight_decay: float = flag(5e-4, "classifier weight decay (all groups)", minimum=0)
+    drs_decay_epochs: tuple[int, ...] = flag((4, 9), "classifier lr x0.1 from the start of these 0-based epochs "
+                                             "(DRS: 1-based 5 and 10)", minimum=0)
+    drs_cls_weights_name: str = flag("sess/vgg16_drs.pth", "the DRS classifier's weights")
+    drs_side: int = flag(320, "localization maps, refinement and pseudo labels: images squashed to this square",
+                         minimum=16)
+    drs_scales: tuple[int, ...] = flag((256, 320, 384), "sides the square is resized to for the max-fused "
+                                       "localization and refined maps (no flip)", minimum=16)
+    drs_batch_images: int = flag(8, "images per inference batch (all are squares)", minimum=1)
+    drs_refine_batch_size: int = flag(10, "refinement total batch (over all torchrun processes)", minimum=1)
+    drs_refine_num_epoches: int = flag(30, "refinement epochs", minimum=1)
+    drs_refine_learning_rate: float = flag(1e-4, "refinement Adam lr (no weight decay)", above=0)
+    drs_refine_decay_epochs: tuple[int, ...] = flag((9, 19), "refinement lr x0.1 from the start of these 0-based "
+                                                    "epochs (DRS: 1-based 10 and 20)", minimum=0)
+    drs_refine_weights_name: str = flag("sess/vgg16_drs_refine.pth", "the refinement network's weights")
+    saliency_root: str | None = flag(None, "folder of 8-bit saliency maps <id>.png of the images' sizes (DRS: "
+                                     "PoolNet's); default <dataset root>/saliency_map")
+    drs_saliency_thres: int = flag(50, "a pixel is salient above this saliency value (0..255)", minimum=0,
+                                   maximum=255)
+    drs_alpha: float = flag(0.2, "pseudo labels: refined scores below this are no object cue", minimum=0)
+    drs_confident: float = flag(0.9, "pseudo labels: a channel above this counts as confident", minimum=0)
+    drs_max_confident: int = flag(2, "pseudo labels: more confident channels than this -> ignore (255)", minimum=0)
+    drs_select: str = flag("last", "which epoch's weights each DRS training keeps: last; or gt_miou, the published "
+                           "selection: after every epoch the saliency pseudo labels (no ignore rules) of "
+                           "--eval_list are scored against its GT masks, i.e. it uses pixel labels",
+                           choices=("last", "gt_miou"))
+
+    def check(self, args: Flags) -> None:
+        if self.drs_optimizer == "sgd" and self.drs_momentum == 0:
+            raise UserError("--drs_momentum 0: Nesterov SGD needs a momentum above 0 (DRS: 0.9)")
+        if self.drs_crop > self.drs_resize:
+            raise UserError(f"--drs_crop {self.drs_crop}: larger than --drs_resize {self.drs_resize}; the crop is "
+                            "taken from the squashed square")
+
+
 @section("ir_label")
 class IrLabel:
     """IR labels (cam_to_ir_label)"""
@@ -242,12 +315,23 @@ TOY_RECIPE = dict(
     irn_learning_rate=0.3,
 )
 
+# DRS on the toy (both DRS pipelines): from scratch (no ImageNet weights offline) a VGG-16-D1 of width 16 with
+# one conv per stage and BatchNorm before every activation (measured: the plain 13-conv VGG, with or without
+# DRS, stays at the label-prior loss over 5 CPU epochs; with BatchNorm it learns), 96-pixel squares (training
+# squash 112, crop 96; maps at 64/96/128), Adam (the published lr groups' 10x/20x heads included).
+DRS_TOY = dict(drs_init="scratch", drs_width=16, drs_convs=(1, 1, 1, 1, 1), drs_norm=True, drs_resize=112, drs_crop=96,
+               drs_side=96, drs_scales=(64, 96, 128), drs_optimizer="adam", drs_batch_size=16, drs_num_epoches=8,
+               drs_learning_rate=3e-4, drs_weight_decay=0.0, drs_decay_epochs=(6,), drs_refine_batch_size=16,
+               drs_refine_num_epoches=14, drs_refine_learning_rate=1e-3, drs_refine_decay_epochs=(12,))
+
 # What the toy changes per method, after TOY_RECIPE: a pipeline check in about a minute on 2 CPU cores after
 # the shared classifier, not the method's published constants. RIB fine-tunes the classifier once per image
 # (25 min of 2-core CPU for the 400 toy seeds at K = 10 with 20 auxiliary images): the toy takes 2 steps with
 # 2 auxiliary images, the loss at scale 1.0 only, seeds of two scales, and IRNet trains 2 epochs, not 6.
 TOY_METHOD_RECIPES = {
     "rib": dict(rib_iters=2, rib_aux_batch=2, rib_loss_scales=(1.0,), cam_scales=(1.0, 0.5), irn_num_epoches=2),
+    "drs": dict(DRS_TOY),
+    "drs_irn": dict(DRS_TOY, irn_num_epoches=2),
 }
 
 # What --dataset changes for every method (flags not given on the command line): its lists and toy
@@ -263,6 +347,8 @@ DATASET_RECIPES = {
 METHOD_RECIPES = {
     "irn": dict(),
     "rib": dict(),
+    "drs": dict(),
+    "drs_irn": dict(),
 }
 
 # The published constants of a method on a dataset (IRN's VOC ones are the defaults; IRN published no
@@ -275,9 +361,13 @@ PUBLISHED_RECIPES = {
     ("rib", "coco14"): dict(rib_tau=0.5, rib_lr=5e-6, rib_aux_batch=15, rib_stop_logit=1000, rib_area_ratio=0.8,
                             cam_eval_sweep=(0.10, 0.50, 0.01), conf_fg_thres=0.35, conf_bg_thres=0.17,
                             sem_seg_bg_thres=0.22, sem_seg_power=1.3, sem_seg_canvas=0),
+    # DRS (qjadud1994/DRS run.sh, VOC only): the drs section's defaults are its constants; the published code has
+    # no COCO recipe, so DRS on COCO runs them unchanged (80 classes from the dataset spec). drs_irn adds IRN's
+    # stage with IRN's defaults (DRS published no saliency-free variant).
+    ("drs", "voc12"): dict(),
 }
 
-CONFIG = Config(sections=(Run, Data, Toy, Backbone, Classifier, Seeds, Rib, IrLabel, Irn, SemSeg, Draw),
+CONFIG = Config(sections=(Run, Data, Toy, Backbone, Classifier, Seeds, Rib, Drs, IrLabel, Irn, SemSeg, Draw),
                 pipelines=PIPELINES, dataset_recipes=DATASET_RECIPES, method_recipes=METHOD_RECIPES,
                 published_recipes=PUBLISHED_RECIPES, toy_recipe=TOY_RECIPE, toy_method_recipes=TOY_METHOD_RECIPES,
                 base_method="irn", description=__doc__)

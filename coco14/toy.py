@@ -5,7 +5,8 @@
 Writes ``train2014/COCO_train2014_<id>.jpg`` and ``val2014/COCO_val2014_<id>.jpg`` (image ids 1, 2, ...;
 train first), ``annotations/instances_{train,val}2014.json`` (one annotation per connected object region,
 its segmentation as uncompressed RLE, ``iscrowd`` 0, COCO's 80 categories) and the class-index masks
-``coco_seg_anno/<id>.png`` derived from those JSONs by coco14.make_seg_masks, as for real COCO. Scenes come
+``coco_seg_anno/<id>.png`` derived from those JSONs by coco14.make_seg_masks, as for real COCO, and
+``saliency_map/<id>.png`` (``misc.toy.fake_saliency``, the input of DRS). Scenes come
 from misc.toy.render_scene with 80 classes (8 head colours x 10 body families; ``--classes`` n < 80 draws
 objects from n classes spread over the 80, for small runs that can still learn every class); every 12th image (index
 5 mod 12) is stored grey-scale and every 12th (index 11 mod 12) holds no object, as COCO has both.
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from coco14.annotations import encode_rle
 from coco14.dataloader import CAT_IDS, CLASS_NAMES
 from coco14.make_seg_masks import make_seg_masks
-from misc.toy import generate_once, render_scene, scene_shape
+from misc.toy import fake_saliency, generate_once, render_scene, scene_shape
 
 GREY_EVERY, GREY_AT, EMPTY_AT = 12, 5, 11
 
@@ -60,12 +61,14 @@ def write_toy_coco(root: str | Path, seed: int = 0, n_train: int = 400, n_val: i
                    classes: int = 80) -> Path:
     """Generate (or reuse) the toy COCO folder at ``root``; objects are of ``classes`` of the 80 classes
     (``toy_classes``; the pipeline stays 80-way). ``size`` is the long side in pixels. Returns root."""
-    params = dict(seed=seed, n_train=n_train, n_val=n_val, size=size, classes=classes, layout="coco2014", version=1)
+    params = dict(seed=seed, n_train=n_train, n_val=n_val, size=size, classes=classes, layout="coco2014", version=2)
     lut = np.concatenate([[0], toy_classes(classes) + 1]).astype(np.uint8)
     categories = [{"id": c, "name": n, "supercategory": "toy"} for c, n in zip(CAT_IDS, CLASS_NAMES)]
 
     def fill(tmp: Path) -> None:
         rng = np.random.default_rng(seed)
+        sal_rng = np.random.default_rng([seed, 1])  # its own stream: the scenes stay those of version 1
+        (tmp / "saliency_map").mkdir()
         js = {s: {"images": [], "annotations": [], "categories": categories} for s in ("train", "val")}
         n_ann = 0
         for i in tqdm(range(n_train + n_val), desc="toy COCO dataset", leave=False):
@@ -75,6 +78,7 @@ def write_toy_coco(root: str | Path, seed: int = 0, n_train: int = 400, n_val: i
             img, mask = render_scene(rng, classes, hw, band=0, min_objects=0 if empty else 1,
                                      max_objects=0 if empty else 3)
             mask = lut[mask]
+            Image.fromarray(fake_saliency(mask, sal_rng)).save(tmp / "saliency_map" / f"{image_id:012d}.png")
             name = f"COCO_{split}2014_{image_id:012d}.jpg"
             (tmp / f"{split}2014").mkdir(exist_ok=True)
             im = Image.fromarray(img)

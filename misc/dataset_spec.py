@@ -1,6 +1,6 @@
 """What a dataset is, for every layout (VOC 2012, MS COCO 2014): its classes, where an id's image and GT mask
-live, the class-index mask convention and checked GT reading (the torch Datasets that load samples are in
-``misc.samples``)."""
+live, the class-index mask convention, checked GT reading and the saliency maps some methods (DRS) take as
+input (the torch Datasets that load samples are in ``misc.samples``)."""
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +12,10 @@ import numpy as np
 from tqdm import tqdm
 
 from misc.errors import UserError
-from misc.imutils import color_palette, image_size, read_label_png
+from misc.imutils import color_palette, image_size, read_grey, read_label_png
 from misc.seeds import IGNORE
+
+SALIENCY_DIR = "saliency_map"  # DRS's folder of saliency maps inside the dataset root
 
 
 def labels_from_mask(mask: np.ndarray) -> list[int]:
@@ -29,16 +31,18 @@ class DatasetSpec:
     background and 255 is ignore. ``num_classes`` counts foreground classes only. Subclasses set ``name``,
     ``class_names``, ``num_classes`` and ``gt_hint`` (the fix for a missing GT mask) and define
     ``image_path`` and ``gt_path``, and ``sources``: the files and folders under ``root`` that the derived
-    labels and lists come from (``fingerprint`` keys them).
+    labels and lists come from (``fingerprint`` keys them). Saliency maps are 8-bit grey PNGs
+    ``<saliency root>/<id>.png`` of the image's size (PoolNet's, as DRS publishes them), the root by default
+    ``<root>/saliency_map``.
     """
 
+    root: Path
     name: str = ""
     class_names: tuple[str, ...] = ()
     num_classes: int = 0
     palette: np.ndarray = color_palette(256)
     gt_hint: str = "check the dataset root"
     sources: tuple[str, ...] = ()
-    root: Path
 
     def image_path(self, img_id: str) -> Path:
         """Path of the image file of an id."""
@@ -116,6 +120,32 @@ class DatasetSpec:
             (h, w), (ih, iw) = mask.shape, image_size(img)
             raise UserError(f"{p}: mask is {h}x{w} pixels but its image {img} is {ih}x{iw}; a mask must have its "
                             f"image's size: replace the mask (or the image), or drop id {img_id} from the lists")
+
+
+    def saliency_dir(self, saliency_root: str | Path | None) -> Path:
+        """The folder of the saliency maps: ``saliency_root``, or ``<root>/saliency_map`` when None."""
+        return Path(saliency_root) if saliency_root is not None else self.root / SALIENCY_DIR
+
+    def check_saliency(self, saliency_root: str | Path | None, ids: list[str]) -> Path:
+        """Check, from the file headers, that every id has a saliency map of its image's size; a UserError
+        names the first file that is missing or of another size. Returns the folder."""
+        folder = self.saliency_dir(saliency_root)
+        if not folder.is_dir():
+            raise UserError(f"{folder}: saliency folder not found; pass --saliency_root <folder of <id>.png saliency "
+                            "maps (PoolNet's, as DRS publishes them)>")
+        for i in ids:
+            p = folder / f"{i}.png"
+            if not p.is_file():
+                raise UserError(f"{p}: saliency map not found; every id of the list needs one in --saliency_root")
+            if image_size(p) != image_size(self.image_path(i)):
+                raise UserError(f"{p}: saliency map of size {image_size(p)}, its image {self.image_path(i)} is "
+                                f"{image_size(self.image_path(i))}; resize the maps to their images")
+        return folder
+
+    def read_saliency(self, folder: Path, img_id: str) -> np.ndarray:
+        """The saliency map of an id from ``folder`` (see ``check_saliency``) as 8-bit grey (an RGB file is
+        converted). Returns uint8 (H, W)."""
+        return read_grey(folder / f"{img_id}.png")
 
 
 def _digest_file(h: hashlib._Hash, path: Path, st: os.stat_result) -> None:

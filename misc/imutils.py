@@ -27,6 +27,18 @@ def read_image(path: str | Path) -> np.ndarray:
         raise UserError(f"{path}: unreadable image ({e}); re-extract or remove this id from the list") from None
 
 
+def read_grey(path: str | Path) -> np.ndarray:
+    """Read an image file as 8-bit grey (PIL 'L', an RGB file converted). Returns uint8 (H, W)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: image not found")
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("L"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"{path}: unreadable image ({e}); regenerate or replace it") from None
+
+
 def read_label_png(path: str | Path) -> np.ndarray:
     """Read a label PNG keeping its stored values (palette indices, not colours). Returns uint8 (H, W)."""
     path = Path(path)
@@ -89,6 +101,25 @@ def downsample_label(label, factor: int):
     (..., H / factor, W / factor)."""
     o = factor // 2
     return label[..., o::factor, o::factor]
+
+
+def color_jitter(img: np.ndarray, brightness: float, contrast: float, saturation: float, hue: float) -> np.ndarray:
+    """torchvision's ColorJitter drawn from NumPy's global generator (so ``misc.dist.PerItemSeed`` seeds it):
+    brightness, contrast and saturation factors U(1 - b, 1 + b), hue shift U(-h, h), applied in a random
+    order with torchvision's functional ops; a 0 parameter skips its op, as torchvision does. uint8 (H, W, 3) ->
+    uint8 (H, W, 3)."""
+    import torchvision.transforms.functional as TF
+
+    ops = [(TF.adjust_brightness, np.random.uniform(max(0.0, 1 - brightness), 1 + brightness), brightness),
+           (TF.adjust_contrast, np.random.uniform(max(0.0, 1 - contrast), 1 + contrast), contrast),
+           (TF.adjust_saturation, np.random.uniform(max(0.0, 1 - saturation), 1 + saturation), saturation),
+           (TF.adjust_hue, np.random.uniform(-hue, hue), hue)]
+    im = Image.fromarray(img)
+    for k in np.random.permutation(4):
+        fn, factor, amount = ops[k]
+        if amount > 0:
+            im = fn(im, float(factor))
+    return np.asarray(im)
 
 
 def random_resize_long(img: np.ndarray, lo: int, hi: int) -> np.ndarray:

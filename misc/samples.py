@@ -141,3 +141,45 @@ class SegmentationDataset(ImageDataset):
         x, label = imutils.random_crop([x, label], self.crop, [0.0, IGNORE])
         return {"name": img_id, "img": torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))),
                 "label": torch.from_numpy(np.ascontiguousarray(label))}
+
+
+class SquareDataset(ImageDataset):
+    """Images squashed to a ``side`` x ``side`` square (PIL bilinear, aspect ratio not kept), as DRS feeds every
+    network. With ``jitter`` (brightness, contrast, saturation, hue: ``imutils.color_jitter``) and ``flip``
+    the training augmentation (flip p 0.5, then jitter), then a random ``crop`` x ``crop`` window when
+    ``crop`` < side; without them (inference) the square itself.
+
+    item = {'name', 'size': the image's (H, W), 'label': float32 (C,), 'img': float32 (3, s, s), s = crop or side}.
+    """
+
+    def __init__(self, image_path: PathFn, ids: Sequence[str], labels: dict[str, np.ndarray], side: int,
+                 crop: int | None = None, jitter: Sequence[float] | None = None, flip: bool = False):
+        super().__init__(image_path, ids)
+        self.labels, self.side, self.crop, self.jitter, self.flip = labels, side, crop, jitter, flip
+
+    def square(self, i: int) -> tuple[np.ndarray, tuple[int, int], bool]:
+        """(the augmented uint8 (side, side, 3) square of item i before the crop, the image's (H, W), whether
+        it was flipped: a subclass flips its targets with it)."""
+        img = imutils.read_image(self.image_path(self.ids[i]))
+        x = imutils.pil_resize(img, (self.side, self.side), 1)
+        flipped = bool(self.flip and np.random.rand() < 0.5)
+        if flipped:
+            x = np.ascontiguousarray(x[:, ::-1])
+        if self.jitter is not None:
+            x = imutils.color_jitter(x, *self.jitter)
+        return x, img.shape[:2], flipped
+
+    def __getitem__(self, i: int) -> dict:
+        x, size, _ = self.square(i)
+        x = imutils.normalize(x)
+        if self.crop is not None and self.crop < self.side:
+            x = imutils.random_crop([x], self.crop, [0.0])[0]
+        return {"name": self.ids[i], "size": size, "label": torch.from_numpy(self.labels[self.ids[i]]),
+                "img": torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))}
+
+
+def collate_squares(items: list[dict]) -> dict:
+    """Collate SquareDataset items (images of any size): 'img' (B, 3, s, s), 'label' (B, C), 'name' and 'size'
+    lists."""
+    return {"name": [it["name"] for it in items], "size": [tuple(it["size"]) for it in items],
+            "label": torch.stack([it["label"] for it in items]), "img": torch.stack([it["img"] for it in items])}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,17 @@ def poly_optimizer(kind: str, groups: Iterable[dict], max_step: int, momentum: f
         raise ValueError(f"unknown optimizer {kind!r} (sgd or adam)")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: poly_multiplier(i, max_step, power))
     return opt, sched
+
+
+def step_decay(opt: torch.optim.Optimizer, iters_per_epoch: int, decay_epochs: Sequence[int], factor: float = 0.1
+               ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-iteration schedule of a step decay by epochs: the lr of iteration i (0-based) is lr0 * factor^k,
+    k = how many of ``decay_epochs`` are <= i // iters_per_epoch, i.e. the lr drops at the start of each
+    0-based epoch listed (DRS: 1-based epochs 5 and 10 are 0-based 4 and 9). Call ``step()`` after every
+    ``optimizer.step()``."""
+    points = sorted(decay_epochs)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: factor ** sum(i // iters_per_epoch >= p for p in points))
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

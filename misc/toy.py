@@ -5,6 +5,7 @@ texture comes from a family shared by several classes (4 of VOC's 20); only the 
 which class of the family the object is. A classifier can therefore score the image from the head
 alone, and its CAM peaks there and under-covers the body, as CAMs do on real photos. Backgrounds are
 cluttered with muted shapes, lines and noise. GT masks carry a 255 band on every region border.
+``fake_saliency`` turns a scene's mask into what a salient-object detector would give (DRS's input).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
+from scipy import ndimage
 
 from misc.io import default_mode
 from misc.seeds import IGNORE
@@ -169,3 +171,22 @@ def _border_band(mask: np.ndarray, band: int) -> np.ndarray:
     out = mask.copy()
     out[edge] = IGNORE
     return out
+
+
+def fake_saliency(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A salient-object detector's output for a scene of class-index ``mask`` (H, W) (0 background, 255 border
+    band counted as object): each class's objects at a strength U(0.55, 1), sometimes (p 0.3) one spurious
+    background blob at U(0.2, 0.6), Gaussian blur (sigma 2 px), noise (std 0.08). Returns uint8 (H, W), 0..255
+    (DRS calls a pixel salient above 50)."""
+    h, w = mask.shape
+    sal = np.zeros((h, w), np.float32)
+    for v in np.unique(mask):
+        if v != 0:
+            sal[mask == v] = rng.uniform(0.55, 1.0)
+    if rng.random() < 0.3:
+        yy, xx = np.mgrid[0:h, 0:w]
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.05, 0.15) * min(h, w)
+        blob = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (mask == 0)
+        sal[blob] = rng.uniform(0.2, 0.6)
+    sal = ndimage.gaussian_filter(sal, 2.0) + rng.normal(0, 0.08, (h, w))
+    return (np.clip(sal, 0, 1) * 255).round().astype(np.uint8)

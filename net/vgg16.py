@@ -24,12 +24,13 @@ from misc.errors import UserError
 STAGE_CONVS = (2, 2, 3, 3, 3)
 
 
-def d1_features(width: int = 64) -> nn.Sequential:
-    """The D1 layer sequence in torchvision's index layout. Stage s (0-based) has width * (1, 2, 4, 8, 8)[s]
-    channels; width 64 is VGG-16 (64, 128, 256, 512, 512)."""
+def d1_features(width: int = 64, convs: Sequence[int] = STAGE_CONVS) -> nn.Sequential:
+    """The D1 layer sequence in torchvision's index layout. Stage s (0-based) has convs[s] convs of
+    width * (1, 2, 4, 8, 8)[s] channels; width 64 and STAGE_CONVS are VGG-16 (64, 128, 256, 512, 512). Fewer
+    convs per stage (a shallower trunk, the CPU toy's) keep the strides."""
     layers: list[nn.Module] = []
     c_in = 3
-    for s, n in enumerate(STAGE_CONVS):
+    for s, n in enumerate(convs):
         c = width * min(2 ** s, 8)
         d = 2 if s == 4 else 1
         for _ in range(n):
@@ -44,23 +45,26 @@ def d1_features(width: int = 64) -> nn.Sequential:
 
 class VGG16D1(nn.Module):
     """The D1 trunk. ``activation(channels)`` builds the module that follows each of the 13 convs (None: the
-    plain ReLU of ``features``). ``out_channels`` = 8 * width (512). Convs start from torchvision's VGG
-    initialisation (Kaiming normal, fan_out; bias 0) until ImageNet weights are loaded."""
+    plain ReLU of ``features``); ``convs``: convs per stage (see ``d1_features``). ``out_channels`` = 8 * width
+    (512). Convs start from torchvision's VGG initialisation (Kaiming normal, fan_out; bias 0) until ImageNet
+    weights are loaded."""
 
-    def __init__(self, width: int = 64, activation: Callable[[int], nn.Module] | None = None):
+    def __init__(self, width: int = 64, activation: Callable[[int], nn.Module] | None = None,
+                 convs: Sequence[int] = STAGE_CONVS):
         super().__init__()
-        self.features = d1_features(width)
+        self.features = d1_features(width, convs)
+        self.convs = tuple(convs)
         self.out_channels = 8 * width
         self.trunk_names: list[str] = []
         i = 0
-        for s, n in enumerate(STAGE_CONVS, 1):
+        for s, n in enumerate(convs, 1):
             for j in range(1, n + 1):
                 conv = self.features[i]
                 self._register(f"layer{s}_conv{j}", conv)
                 self._register(f"layer{s}_relu{j}",
                                self.features[i + 1] if activation is None else activation(conv.out_channels))
                 i += 2
-            if s < len(STAGE_CONVS):
+            if s < len(convs):
                 self._register(f"layer{s}_maxpool", self.features[i])
                 i += 1
         for m in self.features:
@@ -92,9 +96,9 @@ def load_imagenet_weights(model: VGG16D1, path: str | Path) -> None:
     if not path.is_file():
         raise UserError(f"{path}: ImageNet VGG-16 weights not found; download torchvision's vgg16 IMAGENET1K_V1 "
                         "file (vgg16-397923af.pth) on a machine with internet and pass its path")
-    if model.out_channels != 512:
-        raise UserError(f"{path}: ImageNet weights need the full-width VGG-16 (width 64), not width "
-                        f"{model.out_channels // 8}")
+    if model.out_channels != 512 or model.convs != STAGE_CONVS:
+        raise UserError(f"{path}: ImageNet weights need the full VGG-16 (width 64, convs per stage "
+                        f"{STAGE_CONVS}), not width {model.out_channels // 8} with {model.convs}")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a bad file

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from net.vgg16 import VGG16D1, square_views
+from net.vgg16 import STAGE_CONVS, VGG16D1, square_views
 
 LOCMAP_SIDE = 320
 LOCMAP_SCALES = (256, 320, 384)
@@ -50,18 +50,25 @@ class DRS(nn.Module):
 
 class DRSClassifier(VGG16D1):
     """VGG-16-D1 with a DRS module after every conv, a head of 3 x (3x3 conv 8*width + DRS) and a 1x1 conv to
-    ``num_classes`` (with bias). ``delta``: None for learnable DRS (the published default), else the fixed G.
+    ``num_classes`` (with bias). ``delta``: None for learnable DRS (the published default), else the fixed G;
+    ``width`` and ``convs``: the trunk's (``net.vgg16.d1_features``); ``norm``: a BatchNorm before every DRS
+    (not published: the CPU toy trains from scratch, where the plain network does not learn; its BatchNorm
+    parameters fall in the head lr groups).
 
     Initialisation of the head as published: convs N(0, sqrt(2 / (k * k * C_out))) (3x3: 0.021; the 1x1
     class conv: sqrt(2 / num_classes), 0.316 for VOC), biases 0; every DRS controller N(0, 0.01).
     """
 
-    def __init__(self, num_classes: int, delta: float | None = None, width: int = 64):
-        super().__init__(width, activation=lambda c: DRS(c, delta))
+    def __init__(self, num_classes: int, delta: float | None = None, width: int = 64,
+                 convs: Sequence[int] = STAGE_CONVS, norm: bool = False):
+        def act(c: int) -> nn.Module:
+            return nn.Sequential(nn.BatchNorm2d(c), DRS(c, delta)) if norm else DRS(c, delta)
+
+        super().__init__(width, activation=act, convs=convs)
         c = self.out_channels
         for j in (1, 2, 3):
             self.add_module(f"extra_conv{j}", nn.Conv2d(c, c, 3, padding=1))
-            self.add_module(f"extra_relu{j}", DRS(c, delta))
+            self.add_module(f"extra_relu{j}", act(c))
         self.extra_conv4 = nn.Conv2d(c, num_classes, 1)
         for j in (1, 2, 3, 4):
             conv = getattr(self, f"extra_conv{j}")

@@ -13,16 +13,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from net.vgg16 import VGG16D1, square_views
+from net.vgg16 import STAGE_CONVS, VGG16D1, square_views
 from net.vgg16_drs import LOCMAP_SCALES
 
 
 class RefineNet(VGG16D1):
     """VGG-16-D1 + 3 x (3x3 conv + ReLU) + 1x1 conv to ``num_classes``; the head convs start from N(0, 0.01),
-    biases 0, as published."""
+    biases 0, as published. ``width`` and ``convs``: the trunk's (``net.vgg16.d1_features``); ``norm``: BatchNorm
+    before every trunk ReLU (not published; the CPU toy's, see ``DRSClassifier``)."""
 
-    def __init__(self, num_classes: int, width: int = 64):
-        super().__init__(width)
+    def __init__(self, num_classes: int, width: int = 64, convs: Sequence[int] = STAGE_CONVS, norm: bool = False):
+        super().__init__(width, activation=(lambda c: nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True)))
+                         if norm else None, convs=convs)
         c = self.out_channels
         self.extra_conv1 = nn.Conv2d(c, c, 3, padding=1)
         self.extra_conv2 = nn.Conv2d(c, c, 3, padding=1)
@@ -70,7 +72,13 @@ def refined_map(model: RefineNet, image: torch.Tensor, labels: torch.Tensor, siz
     """The refined class scores of a (B, 3, S, S) normalised square image (S = 320 as published): the network
     at each side (no flip), upsampled to ``size`` (the image's own H, W for pseudo labels) and fused by
     ``fuse_refined``. Returns (B, C, *size)."""
-    return fuse_refined([model(v, size) for v in square_views(image, sides)], labels)
+    return fuse_raw([model.raw(v) for v in square_views(image, sides)], labels, size)
+
+
+def fuse_raw(raws: Sequence[torch.Tensor], labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``fuse_refined`` of the network's stride-8 outputs (``RefineNet.raw``, one (B, C, h, w) per scale) each
+    upsampled to ``size`` first. Returns (B, C, *size)."""
+    return fuse_refined([upsample(r, size) for r in raws], labels)
 
 
 def seed_to_square(keys: torch.Tensor, high_res: torch.Tensor, num_classes: int, side: int) -> torch.Tensor:

@@ -220,3 +220,132 @@ def test_pseudo_label_batches():
     scores, salient = pseudo_case()
     y = saliency_pseudo_label(torch.stack([scores, scores.flip(-1)]), torch.stack([salient, salient.flip(-1)]))
     assert y[1].tolist() == [y[0, 0].flip(-1).tolist()]
+
+
+# ----- phase 2: the pieces the DRS steps use
+
+
+def test_step_decay_drops_at_the_start_of_the_listed_epochs():
+    from misc.torchutils import step_decay
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = step_decay(opt, iters_per_epoch=3, decay_epochs=(4, 9))
+    lrs = []
+    for _ in range(36):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:12] == [1.0] * 12 and lrs[12:27] == pytest.approx([0.1] * 15) and lrs[27:] == pytest.approx([0.01] * 9)
+
+
+def test_color_jitter_follows_numpy_seed_and_zero_is_identity():
+    import numpy as np
+
+    from misc.imutils import color_jitter
+
+    x = (np.random.default_rng(0).random((12, 16, 3)) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(color_jitter(x, 0, 0, 0, 0), x)
+    np.random.seed(3)
+    a = color_jitter(x, 0.3, 0.3, 0.3, 0.1)
+    np.random.seed(3)
+    b = color_jitter(x, 0.3, 0.3, 0.3, 0.1)
+    np.random.seed(4)
+    c = color_jitter(x, 0.3, 0.3, 0.3, 0.1)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == x.shape and a.dtype == np.uint8 and not np.array_equal(a, c)
+
+
+def test_toy_saliency_marks_objects_not_background(mini_voc):
+    import numpy as np
+
+    from misc.imutils import read_grey, read_label_png
+    from voc12.dataloader import VOC12
+
+    ds = VOC12(mini_voc)
+    ids = (mini_voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    assert ds.check_saliency(None, ids) == mini_voc / "saliency_map"
+    obj = bg = n_obj = n_bg = 0
+    for i in ids:
+        gt, sal = read_label_png(ds.gt_path(i)), ds.read_saliency(mini_voc / "saliency_map", i) > 50
+        assert sal.shape == gt.shape and read_grey(mini_voc / "saliency_map" / f"{i}.png").dtype == np.uint8
+        obj, n_obj = obj + (sal & (gt > 0) & (gt < 255)).sum(), n_obj + ((gt > 0) & (gt < 255)).sum()
+        bg, n_bg = bg + (sal & (gt == 0)).sum(), n_bg + (gt == 0).sum()
+    assert obj / n_obj > 0.85 and bg / n_bg < 0.15, (obj / n_obj, bg / n_bg)
+
+
+def test_check_saliency_names_the_missing_or_mis_sized_file(mini_voc, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    from voc12.dataloader import VOC12
+
+    ds = VOC12(mini_voc)
+    ids = (mini_voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    sal = tmp_path / "sal"
+    shutil.copytree(mini_voc / "saliency_map", sal)
+    (sal / f"{ids[2]}.png").unlink()
+    with pytest.raises(UserError, match=f"{ids[2]}.png: saliency map not found"):
+        ds.check_saliency(sal, ids)
+    Image.new("L", (7, 5)).save(sal / f"{ids[2]}.png")
+    with pytest.raises(UserError, match=rf"{ids[2]}.png: saliency map of size \(5, 7\)"):
+        ds.check_saliency(sal, ids)
+    with pytest.raises(UserError, match="saliency folder not found"):
+        ds.check_saliency(tmp_path / "none", ids)
+
+
+def test_best_epoch_keeps_the_best_and_ignores_another_run(tmp_path):
+    from step.common.drs import BestEpoch
+
+    model = torch.nn.Linear(2, 1)
+    best = BestEpoch(tmp_path / "w.pth", {"a": 1})
+    for epoch, (score, value) in enumerate([(0.2, 1.0), (0.5, 2.0), (0.4, 3.0)], 1):
+        torch.nn.init.constant_(model.weight, value)
+        best.update(model, epoch, score)
+    assert best.best()["epoch"] == 2 and BestEpoch(tmp_path / "w.pth", {"a": 2}).best() is None
+    best.restore(model, "test")
+    assert torch.all(model.weight == 2.0)
+    best.clear()
+    assert best.best() is None and not list(tmp_path.iterdir())
+
+
+def test_released_checkpoint_wrapper_is_unwrapped(tmp_path):
+    from step.common.checkpoints import load_checkpoint
+
+    src, dst = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    torch.save({"model": src.state_dict(), "epoch": 14}, tmp_path / "best.pth")
+    load_checkpoint(dst, tmp_path / "best.pth")
+    torch.testing.assert_close(dst.weight, src.weight, rtol=0, atol=0)
+
+
+def test_square_dataset_squashes_and_crops(mini_voc):
+    from misc.samples import SquareDataset, collate_squares
+    from voc12.dataloader import VOC12
+
+    ds = VOC12(mini_voc)
+    ids = (mini_voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()[:3]
+    labels = {i: torch.zeros(20).numpy() for i in ids}
+    train = SquareDataset(ds.image_path, ids, labels, 40, crop=32, jitter=(0.3, 0.3, 0.3, 0.1), flip=True)
+    infer = SquareDataset(ds.image_path, ids, labels, 40)
+    b = collate_squares([infer[k] for k in range(3)])
+    assert train[0]["img"].shape == (3, 32, 32) and b["img"].shape == (3, 3, 40, 40)
+    assert all(len(s) == 2 and max(s) == 96 for s in b["size"])  # the image's own size travels with it
+
+
+def test_gt_selection_keeps_the_best_epoch_and_says_so(mini_voc, tmp_path, capsys):
+    import run_sample
+    from step import train_drs_cls
+
+    args = run_sample.parse_args([
+        "--method", "drs", "--voc12_root", str(mini_voc), "--work_dir", str(tmp_path), "--train_list", "train",
+        "--eval_list", "train", "--drs_init", "scratch", "--drs_width", "4", "--drs_convs", "1", "1", "1", "1", "1",
+        "--drs_norm", "True", "--drs_resize", "40", "--drs_crop", "32", "--drs_side", "32", "--drs_scales", "32",
+        "--drs_batch_size", "5", "--drs_num_epoches", "3", "--drs_optimizer", "adam", "--num_workers", "0",
+        "--drs_select", "gt_miou", "--device", "cpu"])
+    train_drs_cls.run(args)
+    out = capsys.readouterr().out
+    scores = [float(ln.rsplit(" ", 1)[1]) for ln in out.splitlines() if "GT mIoU of its saliency" in ln]
+    kept = int(out.split("keeping epoch ")[1].split()[0])
+    assert len(scores) == 3 and scores[kept - 1] == max(scores) and scores.index(max(scores)) == kept - 1
+    assert (tmp_path / "sess" / "vgg16_drs.pth").is_file()
+    assert not list((tmp_path / "sess").glob("*.best*")) and not list((tmp_path / "sess").glob("*.resume"))

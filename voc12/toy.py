@@ -3,7 +3,8 @@
     python -m voc12.toy --out data/toy_voc [--seed 0 --n_train_aug 400 --n_train 100 --n_val 100 --size 128]
 
 Writes JPEGImages/, SegmentationClass/ and SegmentationClassAug/ (palette PNGs, 255 border band),
-Annotations/ (VOC XML, one <object> per class present) and ImageSets/Segmentation/{train,val}.txt.
+Annotations/ (VOC XML, one <object> per class present), ImageSets/Segmentation/{train,val}.txt and
+saliency_map/ (grey PNGs as a salient-object detector would give, ``misc.toy.fake_saliency``; DRS's layout).
 train is the first n_train ids of train_aug (as VOC train is inside train_aug); val is disjoint.
 Deterministic from the seed; an existing folder with the same parameters is reused.
 """
@@ -18,7 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from misc.io import save_png, write_id_list
-from misc.toy import generate_once, render_scene, scene_shape
+from misc.toy import fake_saliency, generate_once, render_scene, scene_shape
 from voc12.dataloader import CLASS_NAMES, VOC12
 
 
@@ -37,13 +38,15 @@ def _xml(img_id: str, size: tuple[int, int], mask: np.ndarray) -> str:
 def write_toy_voc(root: str | Path, seed: int = 0, n_train_aug: int = 400, n_train: int = 100,
                   n_val: int = 100, size: int = 128) -> Path:
     """Generate (or reuse) the toy VOC folder at ``root``. ``size`` is the long side in pixels. Returns root."""
-    params = dict(seed=seed, n_train_aug=n_train_aug, n_train=n_train, n_val=n_val, size=size, version=1)
+    params = dict(seed=seed, n_train_aug=n_train_aug, n_train=n_train, n_val=n_val, size=size, version=2)
     if n_train > n_train_aug:
         raise ValueError("n_train must not exceed n_train_aug")
 
     def fill(tmp: Path) -> None:
         rng = np.random.default_rng(seed)
+        sal_rng = np.random.default_rng([seed, 1])  # its own stream: the scenes stay those of version 1
         ids = [f"toy_{i:06d}" for i in range(n_train_aug + n_val)]
+        (tmp / "saliency_map").mkdir()
         for img_id in tqdm(ids, desc="toy dataset", leave=False):
             hw = scene_shape(rng, size)
             img, mask = render_scene(rng, len(CLASS_NAMES), hw)
@@ -51,6 +54,7 @@ def write_toy_voc(root: str | Path, seed: int = 0, n_train_aug: int = 400, n_tra
             Image.fromarray(img).save(tmp / "JPEGImages" / f"{img_id}.jpg", quality=92)
             for d in ("SegmentationClass", "SegmentationClassAug"):
                 save_png(tmp / d / f"{img_id}.png", mask, VOC12.palette)
+            Image.fromarray(fake_saliency(mask, sal_rng)).save(tmp / "saliency_map" / f"{img_id}.png")
             (tmp / "Annotations").mkdir(exist_ok=True)
             (tmp / "Annotations" / f"{img_id}.xml").write_text(_xml(img_id, hw, mask))
         sets = tmp / "ImageSets" / "Segmentation"

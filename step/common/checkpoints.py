@@ -19,13 +19,16 @@ from step.common.parallel import say
 
 def load_checkpoint(model: torch.nn.Module, path: Path, drop: tuple[str, ...] = ()) -> None:
     """Load a state_dict file into ``model`` with strict key checking; mismatches are one clear line.
-    Keys starting with a prefix in ``drop`` (non-weight buffers of legacy checkpoints) are ignored."""
+    Keys starting with a prefix in ``drop`` (non-weight buffers of legacy checkpoints) are ignored; a file that
+    wraps its state_dict as ``{'model': state_dict, ...}`` (released DRS checkpoints) is unwrapped."""
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found; run the training step first or fix the weights flag")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a bad file
         raise UserError(f"{path}: not a loadable state_dict ({e})") from None
+    if isinstance(sd, dict) and isinstance(sd.get("model"), dict):  # released DRS files: {'model': state_dict, ...}
+        sd = sd["model"]
     sd = {k: v for k, v in sd.items() if not k.startswith(drop)} if drop else sd
     own = model.state_dict()
     missing = [k for k in own if k not in sd]

@@ -1,6 +1,8 @@
-"""Every method's toy pipeline runs end to end on CPU and writes the common artifacts: seeds in the seed
-format, IR labels, IRNet, pseudo labels, the evaluation JSONs and pictures. A pipeline check, not a
-quality claim (test_end_to_end holds IRN's toy numbers).
+"""Every method's toy pipeline runs end to end on CPU and writes the common artifacts its steps make: seeds in
+the seed format, IR labels and IRNet (pipelines with the IRN stage), pseudo labels / segmentations, the
+evaluation JSONs and pictures. A pipeline check; test_end_to_end holds IRN's toy numbers, and for the methods in
+BEATS the segmentation must beat the all-background and whole-image baselines on the evaluated ids by the given
+mIoU margin (measured numbers in their docs/methods pages).
 
 A method joins by adding one line to REUSED: the steps whose outputs it takes from the session's IRN toy
 run (the classifier, for the methods that share IRN's) instead of recomputing them."""
@@ -16,11 +18,30 @@ import pytest
 import run_sample
 from misc.imutils import read_label_png
 from misc.io import load_cam, load_cls_labels, read_id_list
+from misc.metrics import confusion_matrix, iou_from_confusion
+from voc12.dataloader import VOC12
 
 REUSED = {
     "irn": None,  # the session's toy run itself (conftest.toy_run)
     "rib": ("train_cam",),
+    "toco": (),  # single-stage: nothing shared with IRN
+    "pufs": (),
 }
+
+# mIoU margin (fraction) by which a method's toy segmentation must beat both baselines.
+BEATS = {"toco": 0.10, "pufs": 0.10}
+
+
+def baselines(root: Path, ids: list[str], labels: dict[str, np.ndarray]) -> dict[str, float]:
+    """mIoU of the all-background prediction and of the whole-image one (every pixel the image's first class)."""
+    ds = VOC12(root)
+    n = ds.num_classes + 1
+    conf = {"background": np.zeros((n, n), np.int64), "whole image": np.zeros((n, n), np.int64)}
+    for i in ids:
+        gt = ds.read_gt(i)
+        conf["background"] += confusion_matrix(gt, np.zeros_like(gt), n)
+        conf["whole image"] += confusion_matrix(gt, np.full_like(gt, np.flatnonzero(labels[i])[0] + 1), n)
+    return {k: float(np.nanmean(iou_from_confusion(c))) for k, c in conf.items()}
 
 
 def test_every_method_has_a_line():
@@ -49,24 +70,36 @@ def test_toy_pipeline(toy_run, tmp_path, method):
     out = {k: work / getattr(args, k) for k in ("cam_out_dir", "ir_label_out_dir", "irn_weights_name",
                                                  "sem_seg_out_dir", "eval_out_dir", "draw_out_dir")}
     labels = load_cls_labels(work / "meta" / "cls_labels.json", 20)
-    train, infer = read_id_list(work / "meta" / "train_aug.txt"), read_id_list(work / "meta" / "train.txt")
-    assert {p.stem for p in out["cam_out_dir"].glob("*.npz")} == set(train)
-    for i in train[:20]:  # the common seed format
+    steps = run_sample.PIPELINES[args.method]
+    walked = "cam_to_ir_label" in steps  # the IRN stage: seeds of --train_list, pseudo labels of --infer_list
+    seeded = read_id_list(work / "meta" / f"{args.train_list if walked else args.infer_list}.txt")
+    infer = read_id_list(work / "meta" / f"{args.infer_list}.txt")
+    assert {p.stem for p in out["cam_out_dir"].glob("*.npz")} == set(seeded)
+    for i in seeded[:20]:  # the common seed format
         seed = load_cam(out["cam_out_dir"], i)
         np.testing.assert_array_equal(seed["keys"], np.flatnonzero(labels[i]))
         (h, w), k = seed["high_res"].shape[1:], len(seed["keys"])
         assert seed["cam"].shape == (k, (h - 1) // 4 + 1, (w - 1) // 4 + 1) and seed["cam"].dtype == np.float32
         peak = seed["high_res"].max((1, 2))
         assert np.all(peak > 0.99) and np.all(peak <= 1)
-        ir = read_label_png(out["ir_label_out_dir"] / f"{i}.png")
-        assert ir.shape == (h, w) and set(np.unique(ir)) <= {0, 255} | set(seed["keys"] + 1)
-    assert out["irn_weights_name"].is_file()
+        if walked:
+            ir = read_label_png(out["ir_label_out_dir"] / f"{i}.png")
+            assert ir.shape == (h, w) and set(np.unique(ir)) <= {0, 255} | set(seed["keys"] + 1)
+    assert out["irn_weights_name"].is_file() == ("train_irn" in steps)
     assert {p.stem for p in out["sem_seg_out_dir"].glob("*.png")} == set(infer)
-    for i in infer[:20]:
-        assert set(np.unique(read_label_png(out["sem_seg_out_dir"] / f"{i}.png"))) <= \
-            {0} | set(np.flatnonzero(labels[i]) + 1)
+    for i in infer[:20]:  # the walk labels only the image's classes; a segmentation network any class
+        allowed = {0} | set(np.flatnonzero(labels[i]) + 1) if walked else set(range(21))
+        assert set(np.unique(read_label_png(out["sem_seg_out_dir"] / f"{i}.png"))) <= allowed
     for name in ("eval_cam", "eval_ir_label", "eval_sem_seg"):
-        assert (out["eval_out_dir"] / f"{name}.json").is_file()
+        assert (out["eval_out_dir"] / f"{name}.json").is_file() == (name != "eval_ir_label" or walked)
     sem = json.loads((out["eval_out_dir"] / "eval_sem_seg.json").read_text())
-    assert sem["num_images"] == len(infer) and 0 < sem["miou"] <= 1
+    evaluated = read_id_list(work / "meta" / f"{args.eval_list}.txt")
+    assert sem["num_images"] == len(evaluated) and 0 < sem["miou"] <= 1
+    cam = json.loads((out["eval_out_dir"] / "eval_cam.json").read_text())
+    assert cam["num_images"] == len(evaluated) and 0 < cam["best"]["miou"] <= 1
+    if args.method in BEATS:
+        base = baselines(Path(args.toy_root), evaluated, labels)
+        print(f"{args.method} toy: segmentation mIoU {sem['miou']:.4f}, seeds best {cam['best']['miou']:.4f}, "
+              f"baselines {base}")
+        assert sem["miou"] > max(base.values()) + BEATS[args.method], (sem["miou"], base)
     assert len(list(out["draw_out_dir"].glob("*.png"))) == args.draw_num

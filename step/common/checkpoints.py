@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -15,9 +16,11 @@ from misc.io import atomic_path
 from step.common.parallel import say
 
 
-def load_checkpoint(model: torch.nn.Module, path: Path, drop: tuple[str, ...] = ()) -> None:
+def load_checkpoint(model: torch.nn.Module, path: Path, drop: tuple[str, ...] = (), *,
+                    select: Callable[[dict], dict] | None = None) -> None:
     """Load a state_dict file into ``model`` with strict key checking; mismatches are one clear line.
-    Keys starting with a prefix in ``drop`` (non-weight buffers of legacy checkpoints) are ignored."""
+    Keys starting with a prefix in ``drop`` (non-weight buffers of legacy checkpoints) are ignored;
+    ``select`` maps the file's dict to the model's (e.g. strip a DDP ``module.`` prefix, pick a sub-model)."""
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found; run the training step first or fix the weights flag")
     try:
@@ -25,6 +28,7 @@ def load_checkpoint(model: torch.nn.Module, path: Path, drop: tuple[str, ...] = 
     except Exception as e:  # torch raises several types for a bad file
         raise UserError(f"{path}: not a loadable state_dict ({e})") from None
     sd = {k: v for k, v in sd.items() if not k.startswith(drop)} if drop else sd
+    sd = select(sd) if select is not None else sd
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]

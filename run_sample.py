@@ -372,16 +372,22 @@ TOY_RECIPE = dict(
 # the shared classifier, not the method's published constants. RIB fine-tunes the classifier once per image
 # (25 min of 2-core CPU for the 400 toy seeds at K = 10 with 20 auxiliary images): the toy takes 2 steps with
 # 2 auxiliary images, the loss at scale 1.0 only, seeds of two scales, and IRNet trains 2 epochs, not 6.
+# ToCo and PUFS on the toy: a from-scratch ViT (patch 8, width 96, 4 blocks) on the toy images at half size
+# (64-px crops; inference at scale 0.5), 200 iterations of 8 at lr 5e-4, single-scale training CAMs, 2 local
+# crops of 32 px, PAR 3 iterations, CRF loss at a quarter of the crop, seg weight 1.0 from iteration 100 and
+# ToCo's CTC weight 0.1 (at 0.5 and lr 1e-3 the CTC loss spiked and the classifier stalled; measured, see
+# docs/methods/toco_pufs.md). A pipeline check in a few CPU minutes, not the published constants.
 SINGLE_STAGE_TOY = dict(
     ss_scratch=True, ss_patch_size=8, ss_embed_dim=96, ss_depth=4, ss_num_heads=3, ss_img_size=64, ss_head_hidden=256,
     ss_crop_size=64, ss_scale_range=(0.45, 0.55), ss_jitter=0.0, ss_gray=0.0, ss_blur=False, ss_batch_size=8,
-    ss_max_iters=200, ss_epoch_iters=50, ss_lr=1e-3, ss_warmup_iters=20, ss_seg_start=60, ss_cam_scales=(1.0,),
+    ss_max_iters=200, ss_epoch_iters=50, ss_lr=5e-4, ss_warmup_iters=20, ss_seg_start=100, ss_w_seg=1.0,
+    ss_cam_scales=(1.0,),
     ss_par_iters=3, ss_crf_loss_scale=0.25, ss_infer_scales=(0.5,), toco_crop_num=2, toco_local_crop_size=32,
     toco_ctc_dim=256, pufs_out_dim=512, pufs_block_size=16, cam_batch_images=16,
 )
 TOY_METHOD_RECIPES = {
     "rib": dict(rib_iters=2, rib_aux_batch=2, rib_loss_scales=(1.0,), cam_scales=(1.0, 0.5), irn_num_epoches=2),
-    "toco": dict(SINGLE_STAGE_TOY),
+    "toco": dict(SINGLE_STAGE_TOY, toco_w_ctc=0.1),
     "pufs": dict(SINGLE_STAGE_TOY),
 }
 

@@ -40,6 +40,8 @@ PIPELINES = {
             "draw"),
     "drs_irn": ("train_drs_cls", "make_drs_locmap", "eval_cam", "cam_to_ir_label", "train_irn", "make_sem_seg_labels",
                 "eval_sem_seg", "draw"),
+    "toco": ("train_single_stage", "infer_single_stage", "eval_cam", "eval_sem_seg", "draw"),
+    "pufs": ("train_single_stage", "infer_single_stage", "eval_cam", "eval_sem_seg", "draw"),
 }
 
 
@@ -48,7 +50,8 @@ class Run:
     """Method, work folder, devices, precision, seeds, resume"""
 
     method: str = flag("irn", "seed method: its pipeline and recipes (irn: make_cam; rib: make_rib_cam; drs: DRS "
-                       "seeds, refinement net, saliency pseudo labels; drs_irn: DRS seeds through the IRN stage)",
+                       "seeds, refinement net, saliency pseudo labels; drs_irn: DRS seeds through the IRN stage; "
+                       "toco, pufs: single-stage ViT, train_single_stage and infer_single_stage)",
                        choices=tuple(PIPELINES))
     work_dir: str | None = flag(None, "folder of every artifact of this run (default runs/<dataset>, toy: runs/toy "
                                 "or runs/toy_coco14); relative output paths are inside it")
@@ -56,8 +59,9 @@ class Run:
     num_workers: int = flag(max(1, CORES // 2), "DataLoader worker processes (per torchrun process)", minimum=0,
                             shown="half the CPU cores of the process, at least 1")
     device: str = flag("auto", "'auto' (CUDA if present, else CPU), 'cpu', 'cuda:0', ...")
-    amp: str = flag("off", "bfloat16 autocast in the network passes of train_cam, make_cam, make_rib_cam, train_irn "
-                    "and make_sem_seg_labels (losses, random walk and outputs stay fp32)", choices=("off", "bf16"))
+    amp: str = flag("off", "bfloat16 autocast in the network passes of train_cam, make_cam, make_rib_cam, train_irn, "
+                    "make_sem_seg_labels, train_single_stage (its training forward) and infer_single_stage (losses, "
+                    "random walk, CRF loss and outputs stay fp32)", choices=("off", "bf16"))
     channels_last: bool = flag(False, "channels_last memory format for the networks of those steps")
     seed: int = flag(0, "seed of Python, NumPy, torch and the loader workers")
     deterministic: bool = flag(False, "ask torch for deterministic kernels")
@@ -301,6 +305,130 @@ class Draw:
     draw_out_dir: str = flag("draw", "picture folder", output=True)
 
 
+@section("single_stage")
+class SingleStage:
+    """Single-stage ViT training and inference shared by ToCo and PUFS (train_single_stage, infer_single_stage)
+
+    The schedule counts iterations (--ss_max_iters at the total batch --ss_batch_size, whatever the number of
+    torchrun processes), cut into epochs of --ss_epoch_iters iterations: training resumes after the last
+    finished one. --method picks the algorithm (its section: toco or pufs).
+    """
+
+    ss_patch_size: int = flag(16, "ViT patch size (ViT-B/16: 16)", minimum=1)
+    ss_embed_dim: int = flag(768, "ViT width (ViT-B: 768)", minimum=1)
+    ss_depth: int = flag(12, "ViT blocks (ViT-B: 12); the aux CAM reads block depth - 3", minimum=3)
+    ss_num_heads: int = flag(12, "ViT attention heads (ViT-B: 12)", minimum=1)
+    ss_img_size: int = flag(224, "stored position-embedding grid is this / patch size (ToCo 224, resized at every "
+                            "forward; PUFS 448)", minimum=1)
+    ss_head_hidden: int = flag(2048, "hidden width of the projection heads (published 2048)", minimum=1)
+    ss_drop_path: float = flag(0.0, "stochastic depth in training (ToCo 0, PUFS 0.1; 0 at inference)", minimum=0,
+                               maximum=1)
+    ss_pretrained_weights: str | None = flag(None, "local ImageNet ViT-B/16 file (timm vit_base_patch16_224 'jx' or "
+                                             "deit_base_patch16_224 layout, .pth or .safetensors); required on real "
+                                             "data unless --ss_scratch")
+    ss_scratch: bool = flag(False, "train the ViT from random init (the toy; no ImageNet file)")
+    ss_crop_size: int = flag(448, "training crop, pixels", minimum=16)
+    ss_scale_range: tuple[float, float] = flag((0.5, 2.0), "ToCo's random rescale before the crop", above=0,
+                                               ordered=True, metavar=("LO", "HI"))
+    ss_jitter: float = flag(0.8, "colour-jitter probability of the views (ToCo 0.8, PUFS 0.5)", minimum=0, maximum=1)
+    ss_gray: float = flag(0.2, "grey-scale probability of ToCo's views", minimum=0, maximum=1)
+    ss_blur: bool = flag(True, "ToCo's Gaussian blur (p 1.0 / 0.5 / 0.1 by view) and solarize (p 0.2, second view)")
+    ss_batch_size: int = flag(4, "total batch over all torchrun processes (VOC 4, COCO 8)", minimum=1)
+    ss_max_iters: int = flag(20000, "training iterations (VOC 20k, COCO 80k)", minimum=1)
+    ss_epoch_iters: int = flag(2000, "iterations per epoch: the resume (and logging) granularity; divides "
+                               "--ss_max_iters", minimum=1)
+    ss_lr: float = flag(6e-5, "encoder learning rate; the heads and decoder get --ss_lr_mult times it", above=0)
+    ss_lr_mult: float = flag(10.0, "learning-rate factor of the classifiers, projection head and decoder", above=0)
+    ss_weight_decay: float = flag(0.01, "AdamW weight decay (ToCo 0.01 on all; PUFS 0.05, none on biases, norms and "
+                                  "tokens)", minimum=0)
+    ss_warmup_iters: int = flag(1500, "linear warm-up iterations", minimum=0)
+    ss_warmup_ratio: float = flag(1e-6, "learning-rate factor at the warm-up's start (ToCo 1e-6, PUFS 0.1)", above=0,
+                                  maximum=1)
+    ss_schedule: str = flag("poly", "after the warm-up: poly (power 0.9, ToCo) or cosine (PUFS)",
+                            choices=("poly", "cosine"))
+    ss_loss_schedule: str = flag("voc", "loss weights over time: voc (seg and CRF losses after --ss_seg_start) or "
+                                 "coco (the published three COCO phases, 8000 / 12000)", choices=("voc", "coco"))
+    ss_seg_start: int = flag(2000, "voc loss schedule: segmentation and CRF losses on after this many iterations",
+                             minimum=0)
+    ss_high_thre: float = flag(0.7, "pseudo labels: CAM above it is foreground (COCO 0.65)", minimum=0, maximum=1)
+    ss_low_thre: float = flag(0.25, "pseudo labels: CAM at most it is background", minimum=0, maximum=1)
+    ss_bkg_thre: float = flag(0.5, "background threshold of the validation label rule (COCO 0.45)", minimum=0,
+                              maximum=1)
+    ss_cam_scales: tuple[float, ...] = flag((1.0, 0.5, 1.5), "scales of the multi-scale CAMs (training and the seeds "
+                                            "infer_single_stage writes), each with its flip; 1.0 always runs",
+                                            above=0)
+    ss_par_iters: int = flag(10, "PAR propagation iterations", minimum=1)
+    ss_w_ptc: float = flag(0.2, "patch-token contrast loss weight (PUFS: 'aff')", minimum=0)
+    ss_w_seg: float = flag(0.1, "segmentation loss weight", minimum=0)
+    ss_w_reg: float = flag(0.05, "dense CRF loss weight (published 0.05 on rloss's lattice, whose gain ~0.63 makes "
+                           "it ~0.031 on the exact filter here; docs/methods/toco_pufs.md)", minimum=0)
+    ss_crf_loss_scale: float = flag(0.5, "the CRF loss runs on the crop downscaled by this (published 0.5)", above=0,
+                                    maximum=1)
+    ss_weights_name: str = flag("sess/single_stage.pth", "the trained network (PUFS: student, teacher and FSR centres) "
+                                "written by train_single_stage and read by infer_single_stage; a published ToCo "
+                                "checkpoint or PUFS student.pth / teacher.pth loads too", output=True)
+    ss_infer_scales: tuple[float, ...] = flag((1.0, 1.25, 1.5), "inference scales of the segmentation, each with its "
+                                              "flip (flip logits summed, scales max-fused)", above=0)
+    ss_crf: bool = flag(True, "dense CRF on the inferred segmentation (published parameters: 10 iterations, "
+                        "Gaussian 1/1, bilateral 121/5/4)")
+    ss_crf_num_workers: int = flag(CORES, "CRF process pool size (per torchrun process)", minimum=0,
+                                   shown="the CPU cores of the process")
+
+    def check(self, args: Flags) -> None:
+        if self.ss_max_iters % self.ss_epoch_iters:
+            raise UserError(f"--ss_epoch_iters {self.ss_epoch_iters}: does not divide --ss_max_iters "
+                            f"{self.ss_max_iters}; pick a divisor (e.g. {self.ss_max_iters // 10 or 1})")
+        if self.ss_embed_dim % self.ss_num_heads:
+            raise UserError(f"--ss_num_heads {self.ss_num_heads}: does not divide --ss_embed_dim {self.ss_embed_dim}")
+
+
+@section("toco")
+class ToCo:
+    """ToCo: class-token contrast with local crops (train_single_stage with --method toco)"""
+
+    toco_crop_num: int = flag(8, "local crops per image", minimum=0)
+    toco_local_crop_size: int = flag(96, "local crop side, pixels", minimum=8)
+    toco_temp: float = flag(0.5, "CTC temperature (COCO 1.0)", above=0)
+    toco_momentum: float = flag(0.9, "EMA momentum of the CTC teacher head", minimum=0, maximum=1)
+    toco_w_ctc: float = flag(0.5, "class-token contrast loss weight", minimum=0)
+    toco_ctc_dim: int = flag(1024, "output size of the CTC projection head", minimum=1)
+    toco_ptc_box: str = flag("pixel", "PTC labels' valid area: pixel (published: the pixel box applied to the token "
+                             "grid) or token (the box scaled to the grid)", choices=("pixel", "token"))
+    toco_same_flip: bool = flag(False, "flip the main view and the local-crop source together (published: "
+                                "independently, so their region maps are mirrored for about half the images)")
+
+    def check(self, args: Flags) -> None:
+        if self.toco_local_crop_size > args.ss_crop_size:
+            raise UserError(f"--toco_local_crop_size {self.toco_local_crop_size}: larger than --ss_crop_size "
+                            f"{args.ss_crop_size}")
+
+
+@section("pufs")
+class Pufs:
+    """PUFS: EMA teacher, uncertain-block masking, feature self-reinforcement (--method pufs)"""
+
+    pufs_cls_depth: int = flag(2, "class-attention blocks that build the class token", minimum=1)
+    pufs_out_dim: int = flag(4096, "projector output size", minimum=1)
+    pufs_momentum: float = flag(0.9995, "teacher EMA momentum at the start (cosine to 1)", minimum=0, maximum=1)
+    pufs_fsr_iters: int | None = flag(None, "FSR losses and the momentum schedule span these iterations (default "
+                                      "--ss_max_iters)", minimum=1)
+    pufs_use_mim: bool = flag(True, "mask blocks of view 2 (off: no FSR-patch loss)")
+    pufs_block_size: int = flag(64, "mask block side, pixels (a multiple of --ss_patch_size)", minimum=1)
+    pufs_mask_ratio: float = flag(0.4, "share of the blocks masked", minimum=0, maximum=1)
+    pufs_w_class: float = flag(0.1, "FSR-class loss weight", minimum=0)
+    pufs_w_patch: float = flag(0.1, "FSR-patch loss weight", minimum=0)
+    pufs_mask_class_attention: bool = flag(False, "leave masked patches out of the class attention (PUFS's first "
+                                           "release; its final code lets them in)")
+    pufs_teacher_eval: bool = flag(False, "teacher in eval mode (no drop path; DINO style); published: train mode")
+    pufs_eval_model: str = flag("student", "network infer_single_stage uses (docs/methods/toco_pufs.md)",
+                                choices=("student", "teacher"))
+
+    def check(self, args: Flags) -> None:
+        if self.pufs_block_size % args.ss_patch_size or args.ss_crop_size % self.pufs_block_size:
+            raise UserError(f"--pufs_block_size {self.pufs_block_size}: must be a multiple of --ss_patch_size "
+                            f"{args.ss_patch_size} and divide --ss_crop_size {args.ss_crop_size}")
+
+
 # What the toy dataset changes (flags not given on the command line). IRN's recipe cannot learn from
 # random weights (frozen BN statistics, frozen early stages), so the toy trains from scratch a ResNet-50
 # shape with one bottleneck per stage and half width, ordinary BatchNorm and Adam, at the toy's 128-pixel
@@ -328,10 +456,25 @@ DRS_TOY = dict(drs_init="scratch", drs_width=16, drs_convs=(1, 1, 1, 1, 1), drs_
 # the shared classifier, not the method's published constants. RIB fine-tunes the classifier once per image
 # (25 min of 2-core CPU for the 400 toy seeds at K = 10 with 20 auxiliary images): the toy takes 2 steps with
 # 2 auxiliary images, the loss at scale 1.0 only, seeds of two scales, and IRNet trains 2 epochs, not 6.
+# ToCo and PUFS on the toy: a from-scratch ViT (patch 8, width 96, 4 blocks) on the toy images at half size
+# (64-px crops; inference at scale 0.5), 200 iterations of 8 at lr 5e-4, single-scale training CAMs, 2 local
+# crops of 32 px, PAR 3 iterations, CRF loss at a quarter of the crop, seg weight 1.0 from iteration 100 and
+# ToCo's CTC weight 0.1 (at 0.5 and lr 1e-3 the CTC loss spiked and the classifier stalled; measured, see
+# docs/methods/toco_pufs.md). A pipeline check in a few CPU minutes, not the published constants.
+SINGLE_STAGE_TOY = dict(
+    ss_scratch=True, ss_patch_size=8, ss_embed_dim=96, ss_depth=4, ss_num_heads=3, ss_img_size=64, ss_head_hidden=256,
+    ss_crop_size=64, ss_scale_range=(0.45, 0.55), ss_jitter=0.0, ss_gray=0.0, ss_blur=False, ss_batch_size=8,
+    ss_max_iters=200, ss_epoch_iters=50, ss_lr=5e-4, ss_warmup_iters=20, ss_seg_start=100, ss_w_seg=1.0,
+    ss_cam_scales=(1.0,),
+    ss_par_iters=3, ss_crf_loss_scale=0.25, ss_infer_scales=(0.5,), toco_crop_num=2, toco_local_crop_size=32,
+    toco_ctc_dim=256, pufs_out_dim=512, pufs_block_size=16, cam_batch_images=16,
+)
 TOY_METHOD_RECIPES = {
     "rib": dict(rib_iters=2, rib_aux_batch=2, rib_loss_scales=(1.0,), cam_scales=(1.0, 0.5), irn_num_epoches=2),
     "drs": dict(DRS_TOY),
     "drs_irn": dict(DRS_TOY, irn_num_epoches=2),
+    "toco": dict(SINGLE_STAGE_TOY, toco_w_ctc=0.1),
+    "pufs": dict(SINGLE_STAGE_TOY),
 }
 
 # What --dataset changes for every method (flags not given on the command line): its lists and toy
@@ -349,13 +492,21 @@ METHOD_RECIPES = {
     "rib": dict(),
     "drs": dict(),
     "drs_irn": dict(),
+    "toco": dict(infer_list="val", eval_list="val", cam_eval_thres=0.5, cam_eval_sweep=(0.05, 0.95, 0.05)),
+    "pufs": dict(infer_list="val", eval_list="val", cam_eval_thres=0.5, cam_eval_sweep=(0.05, 0.95, 0.05),
+                 ss_img_size=448, ss_drop_path=0.1, ss_weight_decay=0.05, ss_warmup_ratio=0.1, ss_schedule="cosine",
+                 ss_jitter=0.5, ss_gray=0.0, ss_batch_size=8),
 }
 
 # The published constants of a method on a dataset (IRN's VOC ones are the defaults; IRN published no
 # COCO semantic-label recipe, so IRN on COCO keeps them). RIB: get_pseudo_gt_VOC.sh / get_pseudo_gt_COCO.sh
 # of its code (obtain_RIB_CAM[_coco].py and run_sample[_coco].py defaults). sem_seg_canvas 0: RIB's COCO
 # walk runs IRNet on the image itself (EdgeDisplacement(coco=True)), not padded to the 512 crop.
+SINGLE_STAGE_COCO = dict(ss_batch_size=8, ss_max_iters=80000, ss_epoch_iters=4000, ss_loss_schedule="coco",
+                         ss_high_thre=0.65, ss_bkg_thre=0.45)
 PUBLISHED_RECIPES = {
+    ("toco", "coco14"): dict(SINGLE_STAGE_COCO, toco_temp=1.0),
+    ("pufs", "coco14"): dict(SINGLE_STAGE_COCO),
     ("rib", "voc12"): dict(cam_eval_sweep=(0.20, 0.49, 0.01), conf_fg_thres=0.35, conf_bg_thres=0.17,
                            sem_seg_bg_thres=0.27, sem_seg_power=1.3),
     ("rib", "coco14"): dict(rib_tau=0.5, rib_lr=5e-6, rib_aux_batch=15, rib_stop_logit=1000, rib_area_ratio=0.8,
@@ -367,7 +518,8 @@ PUBLISHED_RECIPES = {
     ("drs", "voc12"): dict(),
 }
 
-CONFIG = Config(sections=(Run, Data, Toy, Backbone, Classifier, Seeds, Rib, Drs, IrLabel, Irn, SemSeg, Draw),
+CONFIG = Config(sections=(Run, Data, Toy, Backbone, Classifier, Seeds, Rib, Drs, IrLabel, Irn, SemSeg, Draw,
+                          SingleStage, ToCo, Pufs),
                 pipelines=PIPELINES, dataset_recipes=DATASET_RECIPES, method_recipes=METHOD_RECIPES,
                 published_recipes=PUBLISHED_RECIPES, toy_recipe=TOY_RECIPE, toy_method_recipes=TOY_METHOD_RECIPES,
                 base_method="irn", description=__doc__)

@@ -1,5 +1,6 @@
-"""Pieces of the segmentation stage that are not modules: input normalisation, multi-scale + flip inference,
-the dense CRF on class probabilities with DeepLab's parameters, and the poly learning rates of the recipes."""
+"""Pieces of the segmentation stage that are not modules: input normalisation, multi-scale + flip inference
+(DeepLab's probability mean, ToCo's flip-sum / scale-max logits), the dense CRF on class probabilities with
+DeepLab's or ToCo's parameters, and the poly learning rates of the recipes."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -16,6 +17,8 @@ CAFFE_BGR_MEAN = (104.008, 116.669, 122.675)
 
 # DeepLab's CRF (kazuto1011's configs, VainF's eval, RS+EPM's conversion step all use these).
 DEEPLAB_CRF = {"iters": 10, "pos_w": 3.0, "pos_xy_std": 1.0, "bi_w": 4.0, "bi_xy_std": 67.0, "bi_rgb_std": 3.0}
+# ToCo's and PUFS's test-time CRF (utils/dcrf.py of both).
+TOCO_CRF = {"iters": 10, "pos_w": 1.0, "pos_xy_std": 1.0, "bi_w": 4.0, "bi_xy_std": 121.0, "bi_rgb_std": 5.0}
 
 
 def normalize_image(img: np.ndarray, style: str) -> np.ndarray:
@@ -64,6 +67,28 @@ def multiscale_probs(forward: Callable[[torch.Tensor], torch.Tensor], images: to
         p = p[:b] + p[b:].flip(-1) if flip else p
         total = p if total is None else total + p
     return total / (len(scales) * (2 if flip else 1))
+
+
+@torch.no_grad()
+def flip_sum_scale_max(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                       scales: Sequence[float] = (1.0, 1.25, 1.5)) -> torch.Tensor:
+    """ToCo's and PUFS's multi-scale segmentation logits.
+
+    images: (B, 3, H, W). For each scale s the batch is resized (bilinear, align_corners False) to
+    (int(H*s), int(W*s)) (no resize at s = 1) and run with its mirror image; ``forward`` returns logits at any
+    stride, resized (bilinear) to (H, W); each image's pair is summed (the mirror flipped back) and the scales
+    are fused by the elementwise max. Returns float32 (B, C, H, W) logits.
+    """
+    b, _, h, w = images.shape
+    fused = None
+    for s in scales:
+        size = (int(h * s), int(w * s))
+        x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        y = F.interpolate(forward(torch.cat([x, x.flip(-1)])).float(), size=(h, w), mode="bilinear",
+                          align_corners=False)
+        y = y[:b] + y[b:].flip(-1)
+        fused = y if fused is None else torch.maximum(fused, y)
+    return fused
 
 
 def dense_crf(img: np.ndarray, probs: np.ndarray, classes: Sequence[int] | None = None, iters: int = 10,

@@ -8,6 +8,7 @@ masking of uncertain regions and the two feature self-reinforcement (FSR) losses
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -32,11 +33,12 @@ class PUFSNet(nn.Module):
 
     vit: keyword arguments of ``ViT`` (architecture, aux_layer, drop_path_rate (PUFS: 0.1 in training, 0 at
     inference), img_size). mask_class_attention: leave masked patches out of the class attention (PUFS's first
-    release) instead of letting them take part (its final code).
+    release) instead of letting them take part (its final code). head_hidden: hidden width of the projector's
+    MLP (published 2048; smaller only for CPU-sized toys).
     """
 
     def __init__(self, num_classes: int = 21, vit: dict | None = None, out_dim: int = 4096, cls_depth: int = 2,
-                 mask_class_attention: bool = False):
+                 mask_class_attention: bool = False, head_hidden: int = 2048):
         super().__init__()
         self.num_classes = num_classes
         self.mask_class_attention = mask_class_attention
@@ -45,7 +47,7 @@ class PUFSNet(nn.Module):
                               "num_classes": 0})
         d = self.encoder.embed_dim
         self.decoder = LargeFOV(d, num_classes, init="kaiming")
-        self.projector = DINOHead(d, out_dim)
+        self.projector = DINOHead(d, out_dim, hidden_dim=head_hidden)
         self.top_classifier = nn.Conv2d(d, num_classes - 1, 1, bias=False)
         self.aux_classifier = nn.Conv2d(d, num_classes - 1, 1, bias=False)
 
@@ -63,6 +65,10 @@ class PUFSNet(nn.Module):
         multi-scale CAM resizes them (ToCo after), which changes the fused maps."""
         _, fmap, aux = self.tokens(x)
         return F.relu(cam(fmap, self.top_classifier)), F.relu(cam(aux, self.aux_classifier))
+
+    def segment(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> segmentation logits (B, C, H/p, W/p) (the decoder alone, for inference)."""
+        return self.decoder(self.tokens(x)[1])
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> projector outputs of the class token and every patch token, (B, 1+N, out_dim)."""
@@ -107,6 +113,30 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     student = getattr(student, "module", student)
     for pt, ps in zip(teacher.parameters(), student.parameters()):
         pt.mul_(momentum).add_(ps.detach(), alpha=1.0 - momentum)
+
+
+class StudentTeacher(nn.Module):
+    """What PUFS trains and checkpoints: the ``student`` PUFSNet, its EMA copy ``teacher`` (no gradients) and the
+    FSR centres ``fsr`` (an FSRLoss), so one state_dict holds them all (keys ``student.*``, ``teacher.*``,
+    ``fsr.*``; each network's part has the published keys). forward is the student's. With ``teacher_eval`` the
+    teacher stays in eval mode (no drop path) whatever ``train()`` asks; PUFS keeps it in train mode."""
+
+    def __init__(self, student: PUFSNet, out_dim: int, teacher_eval: bool = False):
+        super().__init__()
+        self.student = student
+        self.teacher = copy.deepcopy(student).requires_grad_(False)
+        self.fsr = FSRLoss(out_dim)
+        self.teacher_eval = teacher_eval
+
+    def train(self, mode: bool = True) -> StudentTeacher:
+        super().train(mode)
+        if self.teacher_eval:
+            self.teacher.eval()
+        return self
+
+    def forward(self, views: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
+        """The student's forward (``PUFSNet.forward``)."""
+        return self.student(views, mask)
 
 
 def uncertain_blocks(aux_cam: torch.Tensor, cls_labels: torch.Tensor, grid: tuple[int, int], low: float = 0.2,
@@ -214,6 +244,7 @@ class PUFSConfig:
     w_aff: float = 0.2
     w_seg: float = 0.1
     w_reg: float = 0.05
+    crf_scale: float = 0.5  # the CRF loss's downscale of the crop (published 0.5)
     schedule: str = "voc"  # 'voc': seg/reg on after seg_start; 'coco': aff/seg/reg off to 8000, aff off to 12000
     seg_start: int = 2000
     ignore_index: int = IGNORE
@@ -285,7 +316,8 @@ def pufs_losses(student: nn.Module, teacher: PUFSNet, fsr: FSRLoss, batch: dict,
     seg = F.interpolate(out["seg"], size=pseudo.shape[1:], mode="bilinear", align_corners=False)
     losses["seg"] = seg_loss_bg_fg(seg, pseudo, ig)
     roi = torch.ones(pseudo.shape, device=pseudo.device)
-    losses["reg"] = dense_crf_loss(denormalize(v1), F.softmax(seg, dim=1), roi, pseudo, ignore_index=ig)
+    losses["reg"] = dense_crf_loss(denormalize(v1), F.softmax(seg, dim=1), roi, pseudo, ignore_index=ig,
+                                   scale_factor=cfg.crf_scale)
     fmap = out["fmap"]
     aux_small = F.interpolate(aux1, size=fmap.shape[2:], mode="bilinear", align_corners=False)
     _, token_labels = cam_to_label(aux_small, cls_labels, ignore_mid=True, **thr)

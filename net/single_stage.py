@@ -129,11 +129,15 @@ def refine_cams_with_bkg(par: PAR, images01: torch.Tensor, cams: torch.Tensor, c
 
 def seg_loss_bg_fg(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:
     """Split segmentation loss: 0.5 * CE over background-labelled pixels + 0.5 * CE over foreground-labelled
-    pixels, each the mean over its own pixels (ignore_index left out). logits (B, C, H, W), labels (B, H, W)."""
-    bg = labels.masked_fill(labels != 0, ignore_index)
-    fg = labels.masked_fill(labels == 0, ignore_index)
-    return 0.5 * (F.cross_entropy(logits, bg, ignore_index=ignore_index)
-                  + F.cross_entropy(logits, fg, ignore_index=ignore_index))
+    pixels, each the mean over its own pixels (ignore_index left out). logits (B, C, H, W), labels (B, H, W).
+
+    A half without pixels contributes 0 (the published mean over no pixels is NaN, and NaN * 0 would poison the
+    weighted total even while the segmentation weight is 0); otherwise equal to the published value."""
+    out = logits.new_zeros(())
+    for part in (labels.masked_fill(labels != 0, ignore_index), labels.masked_fill(labels == 0, ignore_index)):
+        ce = F.cross_entropy(logits, part, ignore_index=ignore_index, reduction="sum")
+        out = out + 0.5 * ce / (part != ignore_index).sum().clamp(min=1)
+    return out
 
 
 def ptc_loss(fmap: torch.Tensor, token_labels: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:

@@ -39,16 +39,17 @@ class ToCoNet(nn.Module):
     vit: keyword arguments of ``ViT`` (architecture, aux_layer, drop_path_rate, img_size for the stored
     position-embedding grid; ToCo uses 224). The encoder's ImageNet ``head`` is kept for strict checkpoint
     loading and frozen (it gets no gradient in the published run either), so DDP needs no unused-parameter search.
+    head_hidden: hidden width of the CTC head's MLP (published 2048; smaller only for CPU-sized toys).
     """
 
-    def __init__(self, num_classes: int = 21, vit: dict | None = None, ctc_dim: int = 1024):
+    def __init__(self, num_classes: int = 21, vit: dict | None = None, ctc_dim: int = 1024, head_hidden: int = 2048):
         super().__init__()
         self.num_classes = num_classes
         self.encoder = ViT(**{"num_classes": 1000, **(vit or {}), "cls_mode": "token", "freeze_pos_embed": True})
         self.encoder.head.requires_grad_(False)  # ImageNet head: in the checkpoints, never used
         d = self.encoder.embed_dim
-        self.proj_head = DINOHead(d, ctc_dim)
-        self.proj_head_t = DINOHead(d, ctc_dim)
+        self.proj_head = DINOHead(d, ctc_dim, hidden_dim=head_hidden)
+        self.proj_head_t = DINOHead(d, ctc_dim, hidden_dim=head_hidden)
         self.proj_head_t.load_state_dict(self.proj_head.state_dict())
         self.proj_head_t.requires_grad_(False)
         self.decoder = LargeFOV(d, num_classes)
@@ -66,6 +67,10 @@ class ToCoNet(nn.Module):
         """(B, 3, H, W) -> raw (CAM, aux CAM), each (B, C-1, H/p, W/p), no ReLU."""
         _, fmap, aux = self.feature_maps(x)
         return cam(fmap, self.classifier), cam(aux, self.aux_classifier)
+
+    def segment(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> segmentation logits (B, C, H/p, W/p) (the decoder alone, for inference)."""
+        return self.decoder(self.feature_maps(x)[1])
 
     @torch.no_grad()
     def ema_update_head(self, momentum: float) -> None:
@@ -180,6 +185,7 @@ class ToCoConfig:
     w_ctc: float = 0.5
     w_seg: float = 0.1
     w_reg: float = 0.05
+    crf_scale: float = 0.5  # the CRF loss's downscale of the crop (published 0.5)
     schedule: str = "voc"  # 'voc': seg/reg on after seg_start; 'coco': cls only to 8000, seg/reg from aux CAM to 12000
     seg_start: int = 2000
     ptc_box: str = "pixel"  # 'pixel': the published quirk (pixel box applied to the token grid); 'token': scaled
@@ -237,7 +243,8 @@ def toco_losses(model: nn.Module, batch: dict, n_iter: int, cfg: ToCoConfig, par
     seg = F.interpolate(out["seg"], size=pseudo.shape[1:], mode="bilinear", align_corners=False)
     losses["seg"] = seg_loss_bg_fg(seg, pseudo, ig)
     roi_mask = box_mask(img_box, *pseudo.shape, pseudo.device).float()
-    losses["reg"] = dense_crf_loss(denormalize(x), F.softmax(seg, dim=1), roi_mask, pseudo, ignore_index=ig)
+    losses["reg"] = dense_crf_loss(denormalize(x), F.softmax(seg, dim=1), roi_mask, pseudo, ignore_index=ig,
+                                   scale_factor=cfg.crf_scale)
     fmap = out["fmap"]
     aux_small = F.interpolate(cams_aux, size=fmap.shape[2:], mode="bilinear", align_corners=False)
     if cfg.ptc_box not in ("pixel", "token"):

@@ -201,3 +201,85 @@ def test_param_groups():
     n = sum(p.numel() for p in pufs.parameters() if p.requires_grad)
     assert sum(p.numel() for x in g for p in x["params"]) == n
     assert math.isclose(cosine_momentum(0, 1), 0.9995)
+
+
+def test_iteration_sampler_is_rank_invariant_and_continues_over_epochs(monkeypatch):
+    from step.common.parallel import IterationSampler
+
+    def keys(world: int, rank: int, epoch: int) -> list[tuple[int, int, int]]:
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        monkeypatch.setenv("RANK", str(rank))
+        s = IterationSampler(n=10, total_batch=4, steps=3, seed=7)
+        s.set_epoch(epoch)
+        assert len(s) == 3 * 4 // world
+        return list(s)
+
+    single = keys(1, 0, 0) + keys(1, 0, 1)  # 6 batches of 4 = 24 positions: 2.4 passes over 10 items
+    assert [k[1] for k in single] == [p // 10 for p in range(24)]  # passes follow each other, none dropped
+    for p in (0, 1):
+        assert sorted(k[2] for k in single if k[1] == p) == list(range(10))  # each pass a permutation
+    assert [k[2] for k in single[:10]] != [k[2] for k in single[10:20]]  # reshuffled per pass
+    for epoch in (0, 1):
+        r0, r1 = keys(2, 0, epoch), keys(2, 1, epoch)
+        two = [k for b in range(3) for k in r0[2 * b:2 * b + 2] + r1[2 * b:2 * b + 2]]
+        assert two == single[12 * epoch:12 * (epoch + 1)]  # batch k over the ranks = single-process batch k
+
+
+def test_flip_sum_scale_max_is_flip_equivariant_and_fuses_by_max():
+    from misc.segmentation import flip_sum_scale_max
+
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    x = torch.randn(2, 3, 16, 20)
+    out = flip_sum_scale_max(conv, x, (1.0, 1.5))
+    torch.testing.assert_close(flip_sum_scale_max(conv, x.flip(-1), (1.0, 1.5)), out.flip(-1), rtol=1e-5, atol=1e-5)
+    one = flip_sum_scale_max(conv, x, (1.0,))
+    with torch.no_grad():
+        torch.testing.assert_close(one, conv(x) + conv(x.flip(-1)).flip(-1))
+    assert torch.all(out >= one - 1e-6) and not torch.allclose(out, one)
+
+
+def _args(method: str, tmp_path, **kw):
+    import run_sample
+
+    argv = ["--method", method, "--work_dir", str(tmp_path), "--ss_patch_size", "16", "--ss_embed_dim", "64",
+            "--ss_depth", "4", "--ss_num_heads", "4", "--ss_img_size", "64", "--ss_head_hidden", "2048"]
+    for k, v in kw.items():
+        argv += [f"--{k}", str(v)]
+    return run_sample.parse_args(argv)
+
+
+def test_published_toco_checkpoint_loads_strictly_through_the_step_loader(tmp_path):
+    from step.common.single_stage import build_network, load_trained
+    from tests.parity.util import load_keys, random_state_dict
+
+    shapes = load_keys("toco_tiny_keys")  # the published model_seg_neg.network at the tiny size, DDP-saved
+    args = _args("toco", tmp_path, toco_ctc_dim=shapes["proj_head.last_layer.weight_v"][0])
+    torch.save({f"module.{k}": v for k, v in random_state_dict(shapes, seed=0).items()}, tmp_path / "toco.pth")
+    net = build_network(args, 20, train=False)
+    load_trained(args, net, tmp_path / "toco.pth")
+    torch.testing.assert_close(net.state_dict()["decoder.conv6.weight"], random_state_dict(shapes, 0)[
+        "decoder.conv6.weight"])
+    torch.save({k: v for k, v in random_state_dict(shapes, 0).items() if k != "classifier.weight"}, tmp_path / "x.pth")
+    with pytest.raises(UserError, match=r"x.pth: checkpoint does not fit the model \(missing \['classifier.weight'\]"):
+        load_trained(args, net, tmp_path / "x.pth")
+
+
+@pytest.mark.parametrize("which", ["student", "teacher"])
+def test_pufs_loader_picks_student_or_teacher_and_takes_published_files(tmp_path, which):
+    from net.pufs import StudentTeacher
+    from step.common.single_stage import build_network, load_trained
+    from tests.parity.util import load_keys, random_state_dict
+
+    args = _args("pufs", tmp_path, pufs_out_dim=256, pufs_eval_model=which)
+    pair = StudentTeacher(build_network(args, 20, train=True), 256)
+    with torch.no_grad():
+        pair.teacher.decoder.conv8.weight.add_(1.0)
+    torch.save(pair.state_dict(), tmp_path / "ours.pth")
+    net = build_network(args, 20, train=False)
+    load_trained(args, net, tmp_path / "ours.pth")
+    torch.testing.assert_close(net.decoder.conv8.weight, getattr(pair, which).decoder.conv8.weight)
+    shapes = load_keys("pufs_tiny_keys")  # a published student.pth / teacher.pth
+    args = _args("pufs", tmp_path, ss_img_size=96, pufs_out_dim=shapes["projector.last_layer.weight_v"][0])
+    net = build_network(args, 20, train=False)
+    torch.save(random_state_dict(shapes, seed=1), tmp_path / "student.pth")
+    load_trained(args, net, tmp_path / "student.pth")

@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -17,10 +18,12 @@ from step.common.data import data_digest, out_path
 from step.common.parallel import say
 
 
-def load_checkpoint(model: torch.nn.Module, path: Path, drop: tuple[str, ...] = ()) -> None:
+def load_checkpoint(model: torch.nn.Module, path: Path, drop: tuple[str, ...] = (), *,
+                    select: Callable[[dict], dict] | None = None) -> None:
     """Load a state_dict file into ``model`` with strict key checking; mismatches are one clear line.
     Keys starting with a prefix in ``drop`` (non-weight buffers of legacy checkpoints) are ignored; a file that
-    wraps its state_dict as ``{'model': state_dict, ...}`` (released DRS checkpoints) is unwrapped."""
+    wraps its state_dict as ``{'model': state_dict, ...}`` (released DRS checkpoints) is unwrapped; ``select``
+    maps the file's dict to the model's (e.g. strip a DDP ``module.`` prefix, pick a sub-model)."""
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found; run the training step first or fix the weights flag")
     try:
@@ -30,6 +33,7 @@ def load_checkpoint(model: torch.nn.Module, path: Path, drop: tuple[str, ...] = 
     if isinstance(sd, dict) and isinstance(sd.get("model"), dict):  # released DRS files: {'model': state_dict, ...}
         sd = sd["model"]
     sd = {k: v for k, v in sd.items() if not k.startswith(drop)} if drop else sd
+    sd = select(sd) if select is not None else sd
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]

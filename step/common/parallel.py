@@ -3,11 +3,11 @@ device placement and DDP wrapping, and the loaders of training and bucketed infe
 (no torchrun) every helper degrades to the plain behaviour."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from misc import dist
@@ -86,6 +86,55 @@ def train_loader(data: Dataset, total_batch: int, batch_flag: str, list_name: st
     return DataLoader(PerItemSeed(data), batch, sampler=RankShuffle(len(data), seed), drop_last=True,
                       num_workers=num_workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn,
                       persistent_workers=num_workers > 0)
+
+
+class IterationSampler(Sampler):
+    """The sample keys of a schedule counted in iterations (ToCo, PUFS, DeepLab) cut into epochs of ``steps``
+    batches, so that ``fit`` resumes at epoch boundaries.
+
+    The single-process stream is the concatenation of passes over the ``n`` items, pass p a permutation seeded
+    by (seed, p); global batch k is stream positions k*B .. (k+1)*B - 1 (B = ``total_batch``; a batch may span
+    two passes, nothing is dropped). Epoch e holds batches e*steps .. (e+1)*steps - 1, and rank r of W takes
+    the r-th 1/W slice of each, so the union over ranks of their k-th batches is the k-th global batch
+    whatever W. Yields keys ``(seed, pass, index)`` for ``misc.dist.PerItemSeed``; call ``set_epoch``
+    (``fit`` does)."""
+
+    def __init__(self, n: int, total_batch: int, steps: int, seed: int):
+        self.n, self.total, self.steps, self.seed = n, total_batch, steps, seed
+        self.per, self.rank = total_batch // dist.world_size(), dist.rank()
+        self.epoch = 0
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.steps * self.per
+
+    def _item(self, p: int, i: int) -> int:
+        if self._perm is None or self._perm[0] != p:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + p)
+            self._perm = (p, torch.randperm(self.n, generator=g))
+        return int(self._perm[1][i])
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        for k in range(self.epoch * self.steps, (self.epoch + 1) * self.steps):
+            start = k * self.total + self.rank * self.per
+            for pos in range(start, start + self.per):
+                p, i = divmod(pos, self.n)
+                yield self.seed, p, self._item(p, i)
+
+
+def iteration_loader(data: Dataset, total_batch: int, batch_flag: str, steps: int, seed: int, num_workers: int,
+                     device: torch.device, collate: Callable | None = None) -> DataLoader:
+    """The training loader of an iteration-counted schedule: ``steps`` batches per epoch, this rank's 1/W of
+    every total batch of ``total_batch`` (``batch_flag`` names it in errors), in the single-process order
+    (``IterationSampler``), each item's augmentation seeded by its key (``misc.dist.PerItemSeed``). The
+    schedule runs epochs * steps iterations; step the learning-rate schedule per iteration."""
+    batch = rank_batch(total_batch, batch_flag)
+    return DataLoader(PerItemSeed(data), batch, sampler=IterationSampler(len(data), total_batch, steps, seed),
+                      num_workers=num_workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn,
+                      persistent_workers=num_workers > 0, collate_fn=collate)
 
 
 def bucketed_loader(ds: DatasetSpec, data: Dataset, ids: list[str], batch_images: int, collate: Callable,

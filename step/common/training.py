@@ -15,13 +15,15 @@ from step.common.checkpoints import EpochResume, load_checkpoint, save_checkpoin
 from step.common.parallel import distribute, progress, say
 
 # loss(forward, batch) -> (the loss to backpropagate, {name: scalar to log}); forward(*inputs) runs the
-# (DDP-wrapped) model under autocast and returns its output(s) in float32. The logged scalars are this
-# rank's shares: summed over the ranks they give the value of the total batch.
+# (DDP-wrapped) model under autocast and returns its output(s) (tensor, tuple or dict) in float32. The logged
+# scalars are this rank's shares: summed over the ranks they give the value of the total batch.
 LossFn = Callable[[Callable[..., object], dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 def _float(out: object) -> object:
-    """A model output (tensor or tuple of tensors) in float32 (a no-op for float32 outputs)."""
+    """A model output (tensor, tuple of tensors or dict of tensors) in float32 (a no-op for float32 outputs)."""
+    if isinstance(out, dict):
+        return {k: v.float() for k, v in out.items()}
     return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
 
 

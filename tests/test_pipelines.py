@@ -88,11 +88,12 @@ def test_toy_pipeline(toy_run, tmp_path_factory, method):
 def test_drs_toy_seeds_beat_baselines_and_saliency_pseudo_labels_beat_the_seeds(toy_run, tmp_path_factory):
     from tests.test_end_to_end import _baselines
 
-    work = Path(run_sample.parse_args(run_method(toy_run, tmp_path_factory, "drs")).work_dir)
-    cam = json.loads((work / "eval" / "eval_cam.json").read_text())["best"]["miou"]
-    sem = json.loads((work / "eval" / "eval_sem_seg.json").read_text())["miou"]
-    all_bg, image_class = _baselines(work, toy_run.parent / "toy_voc")
-    print(f"drs toy: seeds {cam:.4f}, pseudo labels {sem:.4f}, baselines {all_bg:.4f} {image_class:.4f}")
-    # measured (docs/methods/drs.md, Toy results): seeds MEASURED, pseudo labels MEASURED, baselines 0.040 and 0.12
+    args = run_sample.parse_args(run_method(toy_run, tmp_path_factory, "drs"))
+    evals = Path(args.work_dir) / args.eval_out_dir
+    cam = json.loads((evals / "eval_cam.json").read_text())["best"]["miou"]
+    sem = json.loads((evals / "eval_sem_seg.json").read_text())["miou"]
+    all_bg, image_class = _baselines(Path(args.work_dir), toy_run.parent / "toy_voc")
+    # measured on this machine (docs/methods/drs.md, Toy results): seeds 0.190 at the best threshold, saliency
+    # pseudo labels 0.201, baselines 0.040 and 0.12
     assert cam > all_bg + 0.1 and cam > image_class + 0.04, (cam, all_bg, image_class)
     assert sem > cam, (sem, cam)

@@ -6,5 +6,6 @@
 - ``parallel``: torchrun pieces (id shards, rank-0 output, per-rank batches, DDP wrapping, loaders);
 - ``training``: the one training loop (``fit``) of the training steps;
 - ``evaluation``: streaming per-image scoring, the threshold sweep, the printed table;
+- ``drs``: what the DRS steps share (square-image loader, trunk init, map fusion, GT-based epoch selection);
 - ``entry``: the command-line entry point of run_sample.py and of ``python -m step.<name>``.
 """

@@ -7,5 +7,7 @@
 - ``training``: the one training loop (``fit``) of the training steps;
 - ``evaluation``: streaming per-image scoring, the threshold sweep, the printed table;
 - ``reports``: warnings about degenerate output (empty seeds, classes never predicted, rare classes);
+- ``drs``: what the DRS steps share (square-image loader, trunk init, map fusion, GT-based epoch selection);
+- ``single_stage``: what the ToCo and PUFS steps share (their networks and views from the flags);
 - ``entry``: the command-line entry point of run_sample.py and of ``python -m step.<name>``.
 """

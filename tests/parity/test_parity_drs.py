@@ -24,7 +24,7 @@ from tests.parity.drs_common import CAM_SIZE, DELTA, NET_SEED, NUM_CLASSES, PUBL
 from tests.parity.util import load_fixture, load_keys
 
 NET_RTOL = 1e-5  # of the output's largest magnitude; float32 summation order (see the module docstring)
-INPUT_ATOL = 2.4e-7  # two float32 ulps at the normalised inputs' magnitude (see the input test)
+INPUT_ATOL = 5e-7  # two float32 ulps at the inputs' magnitude (< 4): measured 4.8e-7 on one thread, 2.4e-7 on two
 # toolkit seed (image size, float32) resized to 320^2 vs the published 320^2 uint8 map (measured 0.063 / 0.012 / 0.0029)
 SEED_VS_PUBLISHED_SMALL, SEED_VS_PUBLISHED_VOC, SEED_VS_PUBLISHED_MEAN = 0.07, 0.015, 0.004
 

@@ -110,6 +110,36 @@ class RankShuffle(DistributedSampler):
             yield self.seed, self.epoch, i
 
 
+class IterationShuffle(RankShuffle):
+    """RankShuffle for recipes counted in iterations: an "epoch" is ``steps`` total batches of ``total_batch``
+    cut from one endless stream, the concatenation of the permutations of cycles 0, 1, 2, ... (each from
+    (seed, cycle)), so an epoch may end inside a cycle and the next one continues there. Rank r takes the
+    stream positions r, r + W, ... of its epoch (batched per rank by total_batch / W, the union of the ranks'
+    k-th batches is the k-th total batch, whatever W). Yields keys ``(seed, cycle, index)`` for
+    ``PerItemSeed``; ``len`` is steps * total_batch / W; call ``set_epoch`` before each epoch."""
+
+    def __init__(self, n: int, seed: int, steps: int, total_batch: int):
+        super().__init__(n, seed)
+        self.n, self.length = n, steps * total_batch
+
+    def _cycle(self, c: int) -> list[int]:
+        g = torch.Generator()
+        g.manual_seed(self.seed + c)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        start = self.epoch * self.length
+        cycle, perm = -1, []
+        for p in range(start + self.rank, start + self.length, self.num_replicas):
+            if p // self.n != cycle:
+                cycle = p // self.n
+                perm = self._cycle(cycle)
+            yield self.seed, cycle, perm[p % self.n]
+
+    def __len__(self) -> int:
+        return self.length // self.num_replicas
+
+
 class PerItemSeed(Dataset):
     """Wraps a Dataset whose augmentation draws from NumPy's and Python's global generators: item
     ``(*salt, i)`` is ``data[i]`` drawn right after seeding both from ``(*salt, i)``. Augmentation then

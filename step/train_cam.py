@@ -31,6 +31,7 @@ from step.common.parallel import place, rank_batch, say, shard, train_loader
 from step.common.training import fit
 
 SECTIONS = ("run", "data", "toy", "backbone", "classifier")  # the flag sections it reads
+WEIGHTS = "cam_weights_name"  # the flag of its final weights (run_sample.py --compare reuses them when present)
 
 
 def _val_loss(model: torch.nn.Module, loader: DataLoader, device: torch.device, amp: str) -> float:

@@ -40,6 +40,7 @@ from step.common.parallel import place, progress, rank_batch, say, shard, train_
 from step.common.training import fit
 
 SECTIONS = ("run", "data", "toy", "backbone", "classifier", "ir_label", "irn")  # the flag sections it reads
+WEIGHTS = "irn_weights_name"  # the flag of its final weights (run_sample.py --compare reuses them when present)
 
 
 def build_irn(args: argparse.Namespace, num_classes: int) -> Net:

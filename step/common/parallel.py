@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from misc import dist
 from misc.dataset_spec import DatasetSpec
-from misc.dist import PerItemSeed, RankShuffle
+from misc.dist import IterationShuffle, PerItemSeed, RankShuffle
 from misc.errors import UserError
 from misc.imutils import image_size
 from misc.samples import SizeBucketSampler
@@ -74,16 +74,20 @@ def distribute(model: torch.nn.Module, device: torch.device, sync_bn: bool = Fal
 
 
 def train_loader(data: Dataset, total_batch: int, batch_flag: str, list_name: str, seed: int, num_workers: int,
-                 device: torch.device) -> DataLoader:
+                 device: torch.device, *, steps_per_epoch: int | None = None) -> DataLoader:
     """The training loader of a training step: this rank's 1/W of every total batch of ``total_batch``
     (``batch_flag`` names it in errors) in the single-process order (``misc.dist.RankShuffle``, call
     ``loader.sampler.set_epoch`` per epoch; ``fit`` does) and each item's augmentation seeded by its key
     (``misc.dist.PerItemSeed``); the last incomplete batch is dropped. UserError when ``data`` (the ids of
-    --train_list ``list_name``) holds fewer items than one batch."""
+    --train_list ``list_name``) holds fewer items than one batch. With ``steps_per_epoch`` (recipes counted
+    in iterations) an epoch is that many total batches of an endless reshuffled stream instead
+    (``misc.dist.IterationShuffle``)."""
     if len(data) < total_batch:
         raise UserError(f"--train_list {list_name}: {len(data)} ids, fewer than {batch_flag} {total_batch}")
     batch = rank_batch(total_batch, batch_flag)
-    return DataLoader(PerItemSeed(data), batch, sampler=RankShuffle(len(data), seed), drop_last=True,
+    sampler = (RankShuffle(len(data), seed) if steps_per_epoch is None
+               else IterationShuffle(len(data), seed, steps_per_epoch, total_batch))
+    return DataLoader(PerItemSeed(data), batch, sampler=sampler, drop_last=True,
                       num_workers=num_workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn,
                       persistent_workers=num_workers > 0)
 

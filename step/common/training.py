@@ -21,8 +21,8 @@ LossFn = Callable[[Callable[..., object], dict], tuple[torch.Tensor, dict[str, t
 
 
 def _float(out: object) -> object:
-    """A model output (tensor or tuple of tensors) in float32 (a no-op for float32 outputs)."""
-    return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+    """A model output (tensor, or tuple or list of tensors) in float32 (a no-op for float32 outputs)."""
+    return type(out)(o.float() for o in out) if isinstance(out, (tuple, list)) else out.float()
 
 
 def fit(name: str, model: torch.nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, sched: object,

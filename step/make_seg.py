@@ -20,7 +20,9 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from misc.dataset_spec import DatasetSpec
 from misc.io import AsyncWriter, save_png
 from misc.segmentation import DEEPLAB_CRF, dense_crf
 from misc.torchutils import pick_device
@@ -55,38 +57,54 @@ def label_folders(args: argparse.Namespace) -> list[tuple[str, Path, Path | None
     return folders
 
 
+def _started(workers: int) -> ProcessPoolExecutor:
+    """A process pool whose ``workers`` processes are all started now: forked before this process runs the
+    network, its loader and its writer threads (a fork of a process with threads holding locks can hang)."""
+    pool = ProcessPoolExecutor(workers)
+    for f in [pool.submit(int, 0) for _ in range(workers)]:
+        f.result()
+    return pool
+
+
 def run(args: argparse.Namespace) -> None:
     """Write the labels of every id of the lists that has none yet."""
+    pool = _started(args.crf_num_workers) if args.seg_crf and args.crf_num_workers > 1 else None
     device = pick_device(args.device)
     ds = get_dataset(args)
     model, style = trained_segmentation_network(args, ds.num_classes)
     model = place(model, device, False)
-    for list_name, out_dir, crf_dir in label_folders(args):
-        ids = load_list(args, list_name)
-        todo = pending(ids, lambda i: (out_dir / f"{i}.png").is_file()
-                       and (crf_dir is None or (crf_dir / f"{i}.png").is_file()), args.overwrite)
-        pool = ProcessPoolExecutor(args.crf_num_workers) if crf_dir is not None and args.crf_num_workers > 1 else None
-        running: list[Future] = []
-        try:
-            with AsyncWriter() as writer:
-                for name, probs, img in predict(model, ds, todo, style, tuple(args.seg_test_scales), args.seg_test_flip,
-                                                args.seg_batch_images, args.num_workers, device, "make_seg"):
-                    writer.submit(save_png, out_dir / f"{name}.png", probs.argmax(0).astype(np.uint8), ds.palette)
-                    if crf_dir is None:
-                        continue
-                    if pool is None:
-                        _crf_png(crf_dir / f"{name}.png", img, probs, ds.palette)
-                        continue
-                    running.append(pool.submit(_crf_png, crf_dir / f"{name}.png", img, probs, ds.palette))
-                    if len(running) >= 2 * args.crf_num_workers:  # bound the probabilities in flight
-                        running.pop(0).result()
-            for f in running:
-                f.result()
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
-        say(f"make_seg: {len(todo)} images of {list_name} ({len(ids) - len(todo)} existed) -> {out_dir}"
-            + (f" and {crf_dir}" if crf_dir is not None else ""))
+    try:
+        for list_name, out_dir, crf_dir in label_folders(args):
+            _label(args, ds, model, style, device, list_name, out_dir, crf_dir, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _label(args: argparse.Namespace, ds: DatasetSpec, model: torch.nn.Module, style: str, device: torch.device,
+           list_name: str, out_dir: Path, crf_dir: Path | None, pool: ProcessPoolExecutor | None) -> None:
+    """Label the ids of ``list_name`` that are not done into ``out_dir`` (and the CRF labels into ``crf_dir``,
+    in ``pool`` when given)."""
+    ids = load_list(args, list_name)
+    todo = pending(ids, lambda i: (out_dir / f"{i}.png").is_file()
+                   and (crf_dir is None or (crf_dir / f"{i}.png").is_file()), args.overwrite)
+    running: list[Future] = []
+    with AsyncWriter() as writer:
+        for name, probs, img in predict(model, ds, todo, style, tuple(args.seg_test_scales), args.seg_test_flip,
+                                        args.seg_batch_images, args.num_workers, device, "make_seg"):
+            writer.submit(save_png, out_dir / f"{name}.png", probs.argmax(0).astype(np.uint8), ds.palette)
+            if crf_dir is None:
+                continue
+            if pool is None:
+                _crf_png(crf_dir / f"{name}.png", img, probs, ds.palette)
+                continue
+            running.append(pool.submit(_crf_png, crf_dir / f"{name}.png", img, probs, ds.palette))
+            if len(running) >= 2 * args.crf_num_workers:  # bound the probabilities in flight
+                running.pop(0).result()
+    for f in running:
+        f.result()
+    say(f"make_seg: {len(todo)} images of {list_name} ({len(ids) - len(todo)} existed) -> {out_dir}"
+        + (f" and {crf_dir}" if crf_dir is not None else ""))
 
 
 if __name__ == "__main__":

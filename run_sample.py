@@ -6,11 +6,14 @@ and the recipe tables.
     python run_sample.py --dataset coco14 --method rib --coco14_root data/coco2014 --pretrained_weights ...
     torchrun --nproc_per_node 8 run_sample.py --voc12_root ...   # one process per GPU (DDP, id shards)
     python run_sample.py --method rib --help              # the flags of one method's pipeline
+    python run_sample.py --seg True                       # ... ending with DeepLab trained on the pseudo labels
+    python run_sample.py --compare irn rib                # every stage of each method, one table
 
 Edit the defaults below to change a run; ``python -m step.<name>`` reads the same flags and defaults.
 Flags not given on the command line take, in this order (a later one wins): the defaults below,
-DATASET_RECIPES[--dataset], METHOD_RECIPES[--method], PUBLISHED_RECIPES[(--method, --dataset)] and,
-without a dataset root (the toy dataset is then generated), TOY_RECIPE then TOY_METHOD_RECIPES[--method].
+DATASET_RECIPES[--dataset], METHOD_RECIPES[--method], PUBLISHED_RECIPES[(--method, --dataset)],
+SEG_RECIPES[--seg_recipe] and, without a dataset root (the toy dataset is then generated), TOY_RECIPE then
+TOY_METHOD_RECIPES[--method].
 Method outputs (cam_out_dir, ...) get a _<method> suffix for every method but irn (cam_rib, ...), so runs
 of several methods share one work_dir and one classifier. The machinery is misc/config.py; the flags
 page docs/flags.md is generated from this file (python -m misc.config --markdown > docs/flags.md).
@@ -429,6 +432,105 @@ class Pufs:
                             f"{args.ss_patch_size} and divide --ss_crop_size {args.ss_crop_size}")
 
 
+@section("seg")
+class Seg:
+    """Segmentation stage (train_seg, make_seg, eval_seg): DeepLab on the pseudo labels, scored on val
+
+    The stage every pipeline can end with: --seg True appends train_seg, make_seg and eval_seg to the method's
+    steps; they read its --sem_seg_out_dir. --seg_recipe picks a published recipe (SEG_RECIPES) for the flags
+    not typed.
+    """
+
+    seg: bool = flag(False, "end the pipeline with the segmentation stage (train_seg, make_seg, eval_seg)")
+    seg_recipe: str = flag("deeplab_v2", "published recipe for the seg flags not typed: deeplab_v2 (IRN/RIB "
+                           "tables, kazuto1011), deeplab_v2_drs (DRS's v2), deeplab_v3plus (DRS's V3+, VainF)",
+                           choices=("deeplab_v2", "deeplab_v2_drs", "deeplab_v3plus"))
+    seg_network: str = flag("deeplab_v2", "deeplab_v2 (ResNet-101 MSC, ASPP 6/12/18/24) or deeplab_v3plus",
+                            choices=("deeplab_v2", "deeplab_v3plus"))
+    seg_init: str | None = flag(None, "initialisation file: v2 a kazuto1011-layout DeepLab file (ImageNet or COCO "
+                                "init) or torchvision's resnet101; v3+ torchvision's resnet101. none: random "
+                                "init (the toy; nothing published)")
+    seg_width: int = flag(64, "ResNet base width (64 = ResNet-101)", minimum=1)
+    seg_blocks: tuple[int, int, int, int] = flag((3, 4, 23, 3), "bottlenecks per stage ((3, 4, 23, 3) = ResNet-101)",
+                                                 minimum=1)
+    seg_head_channels: int = flag(256, "v3+ ASPP and decoder channels (48 for the low-level projection is "
+                                  "scaled alike)", minimum=4)
+    seg_output_stride: int = flag(16, "v3+ output stride (v2 is 8)", choices=(8, 16))
+    seg_msc_scales: tuple[float, ...] = flag((0.5, 0.75), "v2 multi-scale inputs fused by max inside the network "
+                                             "(training and test); 1.0 only: none", above=0)
+    seg_frozen_bn: bool = flag(True, "BatchNorm frozen (statistics and affine, the v2 recipes) or trained (v3+)")
+    seg_train_list: str = flag("train_aug", "ids the network trains on; each needs a pseudo label in "
+                               "--sem_seg_out_dir (run make_sem_seg_labels with --infer_list train_aug)")
+    seg_crop_size: int = flag(321, "training crop, pixels", minimum=16)
+    seg_scales: tuple[float, ...] = flag((0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0), "random training rescale: one "
+                                         "of these factors, or with --seg_scale_uniform U(first, last)", above=0)
+    seg_scale_uniform: bool = flag(False, "draw the training rescale from U(first, last) of --seg_scales (VainF)")
+    seg_batch_size: int = flag(10, "total batch (over all torchrun processes)", minimum=1)
+    seg_iters: int = flag(30000, "training iterations", minimum=1)
+    seg_epoch_iters: int = flag(1000, "iterations per resume point (and per val check with --seg_select val)",
+                                minimum=1)
+    seg_learning_rate: float = flag(2.5e-4, "base lr: v2 backbone 1x, ASPP weights 10x, biases 20x; v3+ head 1x, "
+                                    "backbone --seg_backbone_lr_mult", above=0)
+    seg_backbone_lr_mult: float = flag(0.1, "v3+ backbone lr multiplier", above=0)
+    seg_weight_decay: float = flag(5e-4, "weight decay (v2: not on the ASPP biases)", minimum=0)
+    seg_momentum: float = flag(0.9, "SGD momentum", minimum=0, maximum=1)
+    seg_poly_every: int = flag(10, "poly 0.9 schedule updated every N iterations (kazuto1011 10, VainF 1)",
+                               minimum=1)
+    seg_min_lr: float = flag(0.0, "floor of the poly schedule (VainF 1e-6)", minimum=0)
+    seg_loss: str = flag("balanced", "balanced: bg mean + fg mean CE (RIB's recipe); ce: plain CE",
+                         choices=("balanced", "ce"))
+    seg_self_training: str = flag("off", "DRS's extra CE against the argmax over the image's classes: off, zero "
+                                  "(published: absent classes zeroed) or exclude", choices=("off", "zero", "exclude"))
+    seg_select: str = flag("last", "checkpoint: last (no val labels used) or val (best val mIoU, single scale, no "
+                           "CRF, checked every --seg_epoch_iters; DRS's and VainF's practice: scores on val are "
+                           "then optimistic)", choices=("last", "val"))
+    seg_weights_name: str = flag("sess/deeplab.pth", "the segmentation network's weights", output=True)
+    seg_eval_list: str = flag("val", "ids make_seg labels and eval_seg scores")
+    seg_test_list: str | None = flag(None, "ids (VOC test) make_seg also labels into "
+                                     "<seg_out_dir>_server/results/VOC2012/Segmentation/comp6_test_cls (and the "
+                                     "CRF one), the layout of the VOC evaluation server")
+    seg_test_scales: tuple[float, ...] = flag((1.0,), "test image scales whose softmaxes are averaged (RS+EPM: "
+                                              "1 0.5 1.5 2 with --seg_test_flip)", above=0)
+    seg_test_flip: bool = flag(False, "also average the horizontal flips at test")
+    seg_crf: bool = flag(True, "also write DeepLab-CRF labels (10 iterations, 3/1, 4/67/3) to --seg_crf_out_dir")
+    seg_batch_images: int = flag(4, "same-size images per inference pass", minimum=1)
+    seg_out_dir: str = flag("seg", "segmentation labels of --seg_eval_list (palette PNGs)", output=True)
+    seg_crf_out_dir: str = flag("seg_crf", "the same after the dense CRF", output=True)
+
+    def check(self, args: Flags) -> None:
+        if self.seg_iters % self.seg_epoch_iters:
+            raise UserError(f"--seg_iters {self.seg_iters}: not a multiple of --seg_epoch_iters "
+                            f"{self.seg_epoch_iters}; change one of them")
+        if self.seg_scale_uniform and len(self.seg_scales) != 2:
+            raise UserError(f"--seg_scales {' '.join(map(str, self.seg_scales))}: --seg_scale_uniform takes two "
+                            "values LO HI")
+        if self.seg_test_list is not None and args.dataset != "voc12":
+            raise UserError(f"--seg_test_list {self.seg_test_list}: the server layout is VOC's; drop it for "
+                            f"--dataset {args.dataset}")
+
+
+# The segmentation stage every pipeline can end with (--seg True): its steps, appended to each pipeline.
+SEG_STAGE = ("train_seg", "make_seg", "eval_seg")
+
+# The published DeepLab recipes (--seg_recipe; docs/methods/deeplab.md). deeplab_v2: kazuto1011's
+# DeepLabV2_ResNet101_MSC with the VOC recipe RIB's author states (batch 10, 30k iterations, lr 2.5e-4,
+# scales 0.5..2.0, balanced CE, last checkpoint); IRN's repository gives none, so IRN's rows use it too.
+# deeplab_v2_drs: DRS's train.py (COCO init, CE + self-training, scales 0.5..1.5, 10k iterations of batch 10
+# x iter_size 2, taken here as one batch of 20: with frozen BN the gradient is the same up to the loss's
+# normalisation; DRS selects on val: --seg_select val). deeplab_v3plus: VainF's run.sh in DRS (513 crops,
+# U(0.5, 2.0), batch 32, 20k iterations, lr 0.05, backbone 0.1x, wd 1e-4, trained BN, poly every iteration
+# floored at 1e-6; VainF selects on val too).
+SEG_RECIPES = {
+    "deeplab_v2": dict(),
+    "deeplab_v2_drs": dict(seg_scales=(0.5, 0.75, 1.0, 1.25, 1.5), seg_batch_size=20, seg_iters=10000,
+                           seg_loss="ce", seg_self_training="zero"),
+    "deeplab_v3plus": dict(seg_network="deeplab_v3plus", seg_crop_size=513, seg_scales=(0.5, 2.0),
+                           seg_scale_uniform=True, seg_batch_size=32, seg_iters=20000, seg_learning_rate=0.05,
+                           seg_weight_decay=1e-4, seg_frozen_bn=False, seg_poly_every=1, seg_min_lr=1e-6,
+                           seg_loss="ce", seg_msc_scales=(1.0,)),
+}
+
+
 # What the toy dataset changes (flags not given on the command line). IRN's recipe cannot learn from
 # random weights (frozen BN statistics, frozen early stages), so the toy trains from scratch a ResNet-50
 # shape with one bottleneck per stage and half width, ordinary BatchNorm and Adam, at the toy's 128-pixel
@@ -441,6 +543,11 @@ TOY_RECIPE = dict(
     cam_resize_long=(100, 160), cam_batch_size=16, cam_num_epoches=12, cam_optimizer="adam",
     cam_learning_rate=1e-3, irn_init="cam", irn_crop_size=128, irn_batch_size=8, irn_num_epoches=6,
     irn_learning_rate=0.3,
+    # the segmentation stage (--seg True): a narrow DeepLab from scratch (trained BN, no init file offline) on the
+    # toy's train pseudo labels (make_sem_seg_labels labels --infer_list train only), 128-pixel crops
+    seg_init=None, seg_width=16, seg_blocks=(1, 1, 1, 1), seg_head_channels=32, seg_frozen_bn=False,
+    seg_msc_scales=(1.0,), seg_train_list="train", seg_crop_size=128, seg_scales=(0.7, 1.3), seg_scale_uniform=True,
+    seg_batch_size=8, seg_iters=300, seg_epoch_iters=100, seg_learning_rate=0.01, seg_batch_images=8,
 )
 
 # DRS on the toy (both DRS pipelines): from scratch (no ImageNet weights offline) a VGG-16-D1 of width 16 with
@@ -483,7 +590,7 @@ TOY_METHOD_RECIPES = {
 DATASET_RECIPES = {
     "voc12": dict(),
     "coco14": dict(train_list="train", val_list="val", infer_list="train", eval_list="train",
-                   toy_root="data/toy_coco14", toy_n_train=400),
+                   toy_root="data/toy_coco14", toy_n_train=400, seg_train_list="train"),
 }
 
 # A method's constants on every dataset (none yet: IRN's are the defaults; RIB's are per dataset below).
@@ -519,10 +626,12 @@ PUBLISHED_RECIPES = {
 }
 
 CONFIG = Config(sections=(Run, Data, Toy, Backbone, Classifier, Seeds, Rib, Drs, IrLabel, Irn, SemSeg, Draw,
-                          SingleStage, ToCo, Pufs),
-                pipelines=PIPELINES, dataset_recipes=DATASET_RECIPES, method_recipes=METHOD_RECIPES,
+                          SingleStage, ToCo, Pufs, Seg),
+                pipelines={m: steps + SEG_STAGE for m, steps in PIPELINES.items()}, dataset_recipes=DATASET_RECIPES,
+                method_recipes=METHOD_RECIPES,
                 published_recipes=PUBLISHED_RECIPES, toy_recipe=TOY_RECIPE, toy_method_recipes=TOY_METHOD_RECIPES,
-                base_method="irn", description=__doc__)
+                base_method="irn", description=__doc__, choice_recipes={"seg_recipe": SEG_RECIPES},
+                optional_steps={s: "seg" for s in SEG_STAGE})
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Flags:
@@ -531,11 +640,19 @@ def parse_args(argv: Sequence[str] | None = None) -> Flags:
     return CONFIG.parse(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Run the steps of --method's pipeline in order (step.common.entry.run_pipeline)."""
-    from step.common.entry import run_pipeline  # the steps import the library, never this file
+def main(argv: Sequence[str] | None = None) -> list[dict] | None:
+    """Run the steps of --method's pipeline in order (step.common.entry.run_pipeline); with ``--compare M1 M2
+    ...`` run each method's pipeline to the end and write the comparison table (step.common.compare); returns
+    its rows then, else None."""
+    # the steps import the library, never this file
+    from step.common.compare import compare
+    from step.common.entry import run_pipeline
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--compare" in argv:
+        return compare(CONFIG, argv)
     run_pipeline(CONFIG, argv)
+    return None
 
 
 if __name__ == "__main__":

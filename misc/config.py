@@ -10,13 +10,15 @@ sections it reads (``SECTIONS = ("run", "data", ...)``).
 
 ``Config.parse`` turns a command line into ``Flags`` (an argparse Namespace): the flags typed on the command
 line win; the others take, in this order (a later one wins), the section defaults,
-``dataset_recipes[--dataset]``, ``method_recipes[--method]``, ``published_recipes[(--method, --dataset)]``
-and, for the toy dataset (no dataset root given), ``toy_recipe`` then ``toy_method_recipes[--method]``.
+``dataset_recipes[--dataset]``, ``method_recipes[--method]``, ``published_recipes[(--method, --dataset)]``,
+the table of a choice flag's value (``choice_recipes``, e.g. ``--seg_recipe``) and, for the toy dataset
+(no dataset root given), ``toy_recipe`` then ``toy_method_recipes[--method]``.
 Flags marked ``output=True`` are method outputs: for every method but the base one their value gets a
 ``_<method>`` suffix (before a file extension: cam -> cam_rib, sess/res50_irn.pth -> sess/res50_irn_rib.pth)
 unless typed. Every recipe key must be a flag, and every value of the sections the steps to run read is
 checked, before any step runs; a mistake is one UserError line. ``--<step>_pass False`` skips a step of the
-method's pipeline; a ``_pass`` flag of a step outside it is an error.
+method's pipeline; a ``_pass`` flag of a step outside it is an error; an ``optional_steps`` step runs only
+when its flag is True as well.
 
     python -m misc.config --markdown > docs/flags.md     # the flags page, generated from run_sample.py
 """
@@ -121,7 +123,10 @@ class Config:
     sections: the section dataclasses in display order; pipelines: method -> its ordered steps (modules
     ``<step_package>.<step>``, each declaring SECTIONS); the recipe tables, see the module doc;
     base_method: the method whose outputs keep the plain names; derived: attributes resolve sets that are
-    not flags, with the section they belong to.
+    not flags, with the section they belong to; choice_recipes: {flag: {value: table}}, the table of the
+    flag's value applied after published_recipes and before the toy tables (e.g. --seg_recipe); optional_steps:
+    {step: bool flag}, steps of the pipelines that run only when their flag is True (a stage every pipeline
+    can end with, e.g. the segmentation stage under --seg).
     """
 
     sections: tuple[type, ...]
@@ -135,6 +140,8 @@ class Config:
     description: str = ""
     step_package: str = "step"
     derived: dict[str, str] = field(default_factory=lambda: {"toy": "data"})
+    choice_recipes: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    optional_steps: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.flags: dict[str, Flag] = {}
@@ -231,7 +238,8 @@ class Config:
             if f"{s}_pass" in explicit and s not in self.pipelines[args.method]:
                 raise UserError(f"--{s}_pass: {s} is not a step of --method {args.method} "
                                 f"({', '.join(self.pipelines[args.method])}); drop the flag")
-            if s not in self.pipelines[args.method]:
+            if s not in self.pipelines[args.method] or (s in self.optional_steps
+                                                         and not getattr(args, self.optional_steps[s])):
                 setattr(args, f"{s}_pass", False)
         self.validate(args, run)
         return args
@@ -252,6 +260,7 @@ class Config:
         out = [(f"DATASET_RECIPES[{k!r}]", v) for k, v in self.dataset_recipes.items()]
         out += [(f"METHOD_RECIPES[{k!r}]", v) for k, v in self.method_recipes.items()]
         out += [(f"PUBLISHED_RECIPES[{k!r}]", v) for k, v in self.published_recipes.items()]
+        out += [(f"{f.upper()}S[{v!r}]", t) for f, tables in self.choice_recipes.items() for v, t in tables.items()]
         out += [("TOY_RECIPE", self.toy_recipe)]
         out += [(f"TOY_METHOD_RECIPES[{k!r}]", v) for k, v in self.toy_method_recipes.items()]
         return out
@@ -267,6 +276,10 @@ class Config:
         for where, key, known in keys:
             if key not in known:
                 raise UserError(f"run_sample.py {where}: {key!r} is not one of {', '.join(known)}; fix the key")
+        for f, tables in self.choice_recipes.items():
+            for v in tables:
+                if f not in self.flags or v not in (self.flags[f].meta["choices"] or ()):
+                    raise UserError(f"run_sample.py {f.upper()}S[{v!r}]: {v!r} is not a choice of --{f}; fix the key")
         for where, table in self.recipe_tables():
             for k in table:
                 if k not in self.flags:
@@ -288,6 +301,8 @@ class Config:
         recipe = dict(self.dataset_recipes.get(args.dataset, {}))
         recipe.update(self.method_recipes.get(args.method, {}))
         recipe.update(self.published_recipes.get((args.method, args.dataset), {}))
+        for f, tables in self.choice_recipes.items():
+            recipe.update(tables.get(recipe[f] if f in recipe and f not in explicit else getattr(args, f), {}))
         if args.toy:
             recipe.update(self.toy_recipe)
             recipe.update(self.toy_method_recipes.get(args.method, {}))
@@ -324,6 +339,8 @@ class Config:
         out = [f"--dataset {d}: {fmt(t[name])}" for d, t in self.dataset_recipes.items() if name in t]
         out += [f"--method {m}: {fmt(t[name])}" for m, t in self.method_recipes.items() if name in t]
         out += [f"{m} on {d}: {fmt(t[name])}" for (m, d), t in self.published_recipes.items() if name in t]
+        out += [f"--{f} {v}: {fmt(t[name])}" for f, tables in self.choice_recipes.items() for v, t in tables.items()
+                if name in t]
         if name in self.toy_recipe:
             out.append(f"toy: {fmt(self.toy_recipe[name])}")
         out += [f"{m} toy: {fmt(t[name])}" for m, t in self.toy_method_recipes.items() if name in t]
@@ -347,7 +364,11 @@ class Config:
                  "## Pipelines", "", "| method | steps |", "|---|---|"]
         lines += [f"| {m} | {' → '.join(p)} |" for m, p in self.pipelines.items()]
         lines += ["", "`--<step>_pass False` skips a step of the chosen method's pipeline (default True); a `_pass` "
-                  "flag of a step outside it is an error.", ""]
+                  "flag of a step outside it is an error."]
+        for flag_name in dict.fromkeys(self.optional_steps.values()):
+            lines += ["", f"{', '.join(s for s, f in self.optional_steps.items() if f == flag_name)} run only with "
+                      f"`--{flag_name} True`."]
+        lines += [""]
         for cls in self.sections:
             name = cls.section_name
             readers = [s for s in self.steps if name in self.step_sections(s)]

@@ -120,12 +120,18 @@ class SegmentationDataset(ImageDataset):
     One random rescale by U(rescale) (image bicubic, label nearest), ImageNet normalisation, one shared
     horizontal flip (p 0.5), one shared random ``crop`` x ``crop`` crop (image filled with 0, label with
     IGNORE). item = {'name', 'img': float32 (3, crop, crop), 'label': uint8 (crop, crop)}.
+
+    ``scales``: the rescale factor is drawn from these values instead (kazuto1011's DeepLab recipes);
+    ``normalize``: uint8 (H, W, 3) -> float32 (H, W, 3) mapping the mean colour to 0 (default ImageNet's,
+    e.g. ``partial(misc.segmentation.normalize_hwc, style="caffe")`` for the caffe DeepLab files).
     """
 
     def __init__(self, image_path: PathFn, label_path: PathFn, ids: Sequence[str], crop: int,
-                 rescale: tuple[float, float] = (0.5, 1.5), flip: bool = True):
+                 rescale: tuple[float, float] = (0.5, 1.5), flip: bool = True, scales: Sequence[float] | None = None,
+                 normalize: Callable[[np.ndarray], np.ndarray] = imutils.normalize):
         super().__init__(image_path, ids)
         self.label_path, self.crop, self.rescale, self.flip = label_path, crop, rescale, flip
+        self.scales, self.normalize = (tuple(scales) if scales else None), normalize
 
     def __getitem__(self, i: int) -> dict:
         img_id = self.ids[i]
@@ -134,8 +140,12 @@ class SegmentationDataset(ImageDataset):
         if label.shape != img.shape[:2]:
             raise UserError(f"{self.label_path(img_id)}: size {label.shape} differs from its image "
                                     f"{img.shape[:2]}; regenerate it")
-        img, label = imutils.random_scale_pair(img, label, *self.rescale)
-        x = imutils.normalize(img)
+        if self.scales is None:
+            img, label = imutils.random_scale_pair(img, label, *self.rescale)
+        else:
+            s = self.scales[np.random.randint(len(self.scales))]
+            img, label = imutils.pil_rescale(img, s, 3), imutils.pil_rescale(label, s, 0)
+        x = self.normalize(img)
         if self.flip and np.random.rand() < 0.5:
             x, label = x[:, ::-1], label[:, ::-1]
         x, label = imutils.random_crop([x, label], self.crop, [0.0, IGNORE])

@@ -21,6 +21,16 @@ DEEPLAB_CRF = {"iters": 10, "pos_w": 3.0, "pos_xy_std": 1.0, "bi_w": 4.0, "bi_xy
 TOCO_CRF = {"iters": 10, "pos_w": 1.0, "pos_xy_std": 1.0, "bi_w": 4.0, "bi_xy_std": 121.0, "bi_rgb_std": 5.0}
 
 
+def normalize_hwc(img: np.ndarray, style: str) -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> float32 (H, W, 3) in the input ``style`` of ``normalize_image``, channels last
+    (for augmentations that flip and crop before the transpose); the mean colour maps to 0 in both styles."""
+    if style == "caffe":
+        return img[..., ::-1].astype(np.float32) - np.asarray(CAFFE_BGR_MEAN, np.float32)
+    if style == "torchvision":
+        return normalize(img)
+    raise ValueError(f"unknown input style {style!r} (caffe or torchvision)")
+
+
 def normalize_image(img: np.ndarray, style: str) -> np.ndarray:
     """uint8 RGB (H, W, 3) -> float32 (3, H, W) network input.
 
@@ -28,13 +38,7 @@ def normalize_image(img: np.ndarray, style: str) -> np.ndarray:
     kazuto1011-layout DeepLab files (COCO / ImageNet caffe inits) were trained with. 'torchvision': RGB in
     [0, 1] normalised with the ImageNet mean/std — torchvision's ResNet files (VainF's recipe).
     """
-    if style == "caffe":
-        x = img[..., ::-1].astype(np.float32) - np.asarray(CAFFE_BGR_MEAN, np.float32)
-    elif style == "torchvision":
-        x = normalize(img)
-    else:
-        raise ValueError(f"unknown input style {style!r} (caffe or torchvision)")
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    return np.ascontiguousarray(normalize_hwc(img, style).transpose(2, 0, 1))
 
 
 @torch.no_grad()

@@ -13,35 +13,17 @@ confusion matrices are summed over ranks, and rank 0 prints and writes.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 
 from misc import dist
-from misc.errors import UserError
-from misc.imutils import read_label_png
 from misc.io import save_json
-from misc.metrics import confusion_matrix, fp_fn_rates, iou_from_confusion, never_predicted
 from step.common.data import get_dataset, load_list, out_path
 from step.common.entry import step_main
-from step.common.evaluation import PerImageGT, accumulate, report, sweep_thresholds, thresholds_of
+from step.common.evaluation import report, score_labels, sweep_thresholds, thresholds_of
 from step.common.reports import say_never_predicted
 
 SECTIONS = ("run", "data", "toy", "sem_seg")  # the flag sections it reads
-
-
-class _Confusion(PerImageGT):
-    def __init__(self, ds, ids: list[str], pred_dir: Path):
-        super().__init__(ds, ids)
-        self.pred_dir = pred_dir
-
-    def score(self, img_id: str, gt: np.ndarray) -> np.ndarray:
-        pred = read_label_png(self.pred_dir / f"{img_id}.png")
-        if pred.shape != gt.shape:
-            raise UserError(f"{self.pred_dir / img_id}.png: size {pred.shape} differs from its GT mask "
-                            f"{self.ds.gt_path(img_id)} {gt.shape}; rerun make_sem_seg_labels")
-        n = self.ds.num_classes + 1
-        return confusion_matrix(gt, np.where(pred < n, pred, 0), n)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -49,16 +31,10 @@ def run(args: argparse.Namespace) -> dict:
     ds = get_dataset(args)
     ids = load_list(args, args.eval_list)
     pred_dir = out_path(args, args.sem_seg_out_dir)
-    conf = accumulate(_Confusion(ds, ids, pred_dir), "eval_sem_seg", args.num_workers)
-    iou = iou_from_confusion(conf)
-    fp, fn = fp_fn_rates(conf)
-    names = ("background",) + tuple(ds.class_names)
+    result = score_labels(ds, ids, pred_dir, "make_sem_seg_labels", "eval_sem_seg", args.num_workers, args.eval_list)
+    iou, fp = np.asarray(result["iou"]), result["fp"]
+    names = tuple(result["classes"])
     columns = {"IoU": iou}
-    result = {"list": args.eval_list, "num_images": len(ids), "classes": list(names), "miou": float(np.nanmean(iou)),
-              "iou": iou.tolist(), "fp": fp.tolist(), "fn": fn.tolist(),
-              "background_fp": float(fp[0]), "background_fn": float(fn[0]),
-              "foreground_fp": float(np.nanmean(fp[1:])), "foreground_fn": float(np.nanmean(fn[1:])),
-              "never_predicted": never_predicted(conf)}
     score_dir = pred_dir.with_name(pred_dir.name + "_scores")
     if all((score_dir / f"{i}.npz").is_file() for i in ids):
         thr = thresholds_of(args.sem_seg_eval_sweep, args.sem_seg_bg_thres)
@@ -70,8 +46,8 @@ def run(args: argparse.Namespace) -> dict:
         return result
     report(names, columns)
     say_never_predicted("eval_sem_seg", names, result["never_predicted"])
-    print(f"eval_sem_seg: background fp {fp[0]:.3f} fn {fn[0]:.3f}; foreground mean fp {result['foreground_fp']:.3f} "
-          f"fn {result['foreground_fn']:.3f}")
+    print(f"eval_sem_seg: background fp {fp[0]:.3f} fn {result['background_fn']:.3f}; foreground mean fp "
+          f"{result['foreground_fp']:.3f} fn {result['foreground_fn']:.3f}")
     print(f"eval_sem_seg: mIoU {100 * result['miou']:.2f} ({len(ids)} images)"
           + (f"; from the saved scores, best {100 * result['scores']['best']['miou']:.2f} at background threshold "
              f"{result['scores']['best']['threshold']:.2f}" if "scores" in result else ""))

@@ -1,5 +1,6 @@
 """Evaluation pieces the eval steps share: streaming per-image scores summed over images (and ranks), the
-background-threshold sweep over score maps in the seed format, and the printed per-class table."""
+scores of a folder of label PNGs, the background-threshold sweep over score maps in the seed format, and the
+printed per-class table."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from misc import dist
 from misc.dataset_spec import DatasetSpec
 from misc.errors import UserError
+from misc.imutils import read_label_png
 from misc.io import load_cam
-from misc.metrics import iou_from_confusion, never_predicted
+from misc.metrics import confusion_matrix, fp_fn_rates, iou_from_confusion, never_predicted
 from misc.seeds import IGNORE
 from step.common.parallel import progress
 
@@ -44,6 +46,44 @@ def accumulate(data: Dataset, desc: str, num_workers: int) -> np.ndarray:
         h = np.asarray(h)
         total = h.copy() if total is None else total + h
     return dist.sum_over_ranks(total)
+
+
+class LabelConfusion(PerImageGT):
+    """Per image: the confusion matrix (rows GT 0..C, columns prediction) of its GT mask and its label PNG
+    ``<pred_dir>/<id>.png``; prediction values above C (e.g. 255) count as background, as IRN's evaluation.
+    ``rerun`` names the step that writes the PNGs (in the size-mismatch message)."""
+
+    def __init__(self, ds: DatasetSpec, ids: list[str], pred_dir: Path, rerun: str):
+        super().__init__(ds, ids)
+        self.pred_dir, self.rerun = pred_dir, rerun
+
+    def score(self, img_id: str, gt: np.ndarray) -> np.ndarray:
+        path = self.pred_dir / f"{img_id}.png"
+        if not path.is_file():
+            raise UserError(f"{path}: missing; run {self.rerun} on this id list first")
+        pred = read_label_png(path)
+        if pred.shape != gt.shape:
+            raise UserError(f"{path}: size {pred.shape} differs from its GT mask {self.ds.gt_path(img_id)} "
+                            f"{gt.shape}; rerun {self.rerun}")
+        n = self.ds.num_classes + 1
+        return confusion_matrix(gt, np.where(pred < n, pred, 0), n)
+
+
+def score_labels(ds: DatasetSpec, ids: list[str], pred_dir: Path, rerun: str, desc: str, num_workers: int,
+                 list_name: str) -> dict:
+    """Score the label PNGs of ``pred_dir`` on ``ids`` (list ``list_name``) against the GT masks (one
+    confusion matrix streamed over the images, under torchrun over the ranks too). Returns {'list',
+    'num_images', 'classes', 'miou', 'iou', 'fp', 'fn', 'background_fp', 'background_fn', 'foreground_fp',
+    'foreground_fn', 'never_predicted'} (fractions; fp = 1 - gt/union and fn = 1 - pred/union per class, IRN's
+    split; never_predicted: see misc.metrics.never_predicted), on every rank."""
+    conf = accumulate(LabelConfusion(ds, ids, pred_dir, rerun), desc, num_workers)
+    iou = iou_from_confusion(conf)
+    fp, fn = fp_fn_rates(conf)
+    return {"list": list_name, "num_images": len(ids), "classes": ["background", *ds.class_names],
+            "miou": float(np.nanmean(iou)), "iou": iou.tolist(), "fp": fp.tolist(), "fn": fn.tolist(),
+            "background_fp": float(fp[0]), "background_fn": float(fn[0]),
+            "foreground_fp": float(np.nanmean(fp[1:])), "foreground_fn": float(np.nanmean(fn[1:])),
+            "never_predicted": never_predicted(conf)}
 
 
 def report(names: tuple[str, ...], columns: dict[str, np.ndarray]) -> None:

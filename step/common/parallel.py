@@ -79,7 +79,8 @@ def train_loader(data: Dataset, total_batch: int, batch_flag: str, list_name: st
     (``batch_flag`` names it in errors) in the single-process order (``misc.dist.RankShuffle``, call
     ``loader.sampler.set_epoch`` per epoch; ``fit`` does) and each item's augmentation seeded by its key
     (``misc.dist.PerItemSeed``); the last incomplete batch is dropped. UserError when ``data`` (the ids of
-    --train_list ``list_name``) holds fewer items than one batch."""
+    --train_list ``list_name``) holds fewer items than one batch (recipes counted in iterations:
+    ``iteration_loader``)."""
     if len(data) < total_batch:
         raise UserError(f"--train_list {list_name}: {len(data)} ids, fewer than {batch_flag} {total_batch}")
     batch = rank_batch(total_batch, batch_flag)

@@ -21,10 +21,11 @@ LossFn = Callable[[Callable[..., object], dict], tuple[torch.Tensor, dict[str, t
 
 
 def _float(out: object) -> object:
-    """A model output (tensor, tuple of tensors or dict of tensors) in float32 (a no-op for float32 outputs)."""
+    """A model output (tensor, tuple or list of tensors, or dict of tensors) in float32 (a no-op for float32
+    outputs)."""
     if isinstance(out, dict):
         return {k: v.float() for k, v in out.items()}
-    return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+    return type(out)(o.float() for o in out) if isinstance(out, (tuple, list)) else out.float()
 
 
 def fit(name: str, model: torch.nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, sched: object,

@@ -28,8 +28,7 @@ from misc.samples import MultiScaleDataset, collate_same_size
 from misc.seeds import label_from_scores, multiscale_cams, normalise_keep, walk_scores
 from net import resnet50_cam, resnet50_irn
 from net.resnet50_irn import LEGACY_BUFFER_PREFIXES, affinity_displacement_loss
-from step.common.evaluation import cam_histogram, confusions_from_histogram
-from step.eval_sem_seg import _Confusion
+from step.common.evaluation import LabelConfusion, cam_histogram, confusions_from_histogram
 from tests.parity.helpers import (
     digest,
     irn_random_state_dict,
@@ -225,7 +224,7 @@ def test_eval_miou_on_a_hand_made_set(tmp_path):
     assert np.isnan(iou[len(pub):]).all()
     assert np.nanmean(iou) == pytest.approx(float(arrays["cam_miou"]), rel=1e-12)
 
-    scorer = _Confusion(types.SimpleNamespace(num_classes=20, gt_path=lambda i: i), [], tmp_path)
+    scorer = LabelConfusion(types.SimpleNamespace(num_classes=20, gt_path=lambda i: i), [], tmp_path, "eval")
     conf = 0
     for j, g in enumerate(gts):
         Image.fromarray(arrays[f"pred_{j}"]).save(tmp_path / f"e{j}.png")

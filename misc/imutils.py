@@ -15,28 +15,22 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _PIL_ORDER = {3: Image.Resampling.BICUBIC, 0: Image.Resampling.NEAREST, 1: Image.Resampling.BILINEAR}
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as RGB. Returns uint8 (H, W, 3); grey-scale and palette images become 3 channels."""
+def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
+    """Read an image file in PIL ``mode``: 'RGB' returns uint8 (H, W, 3) (grey-scale and palette images become 3
+    channels), 'L' uint8 (H, W) 8-bit grey (colour converted)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: image not found; check the dataset root and the id list")
     try:
         with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
+            return np.array(im.convert(mode))
     except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"{path}: unreadable image ({e}); re-extract or remove this id from the list") from None
+        raise UserError(f"{path}: unreadable image ({e}); re-extract or replace it, or drop this id") from None
 
 
 def read_grey(path: str | Path) -> np.ndarray:
     """Read an image file as 8-bit grey (PIL 'L', an RGB file converted). Returns uint8 (H, W)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: image not found")
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("L"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"{path}: unreadable image ({e}); regenerate or replace it") from None
+    return read_image(path, "L")
 
 
 def read_label_png(path: str | Path) -> np.ndarray:

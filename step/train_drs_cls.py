@@ -23,8 +23,8 @@ from misc import dist
 from misc.samples import SquareDataset
 from misc.torchutils import pick_device, seed_everything, step_decay
 from step.common.checkpoints import EpochResume
-from step.common.data import get_dataset, load_labels, load_list, out_path
-from step.common.drs import BestEpoch, drs_classifier, init_trunk, localization_scores, saliency_miou
+from step.common.data import get_dataset, out_path
+from step.common.drs import BestEpoch, drs_classifier, init_trunk, localization_scores, saliency_miou, training_ids
 from step.common.entry import step_main
 from step.common.parallel import place, say, train_loader
 from step.common.training import fit
@@ -37,12 +37,8 @@ def run(args: argparse.Namespace) -> None:
     seed_everything(args.seed, args.deterministic)
     device = pick_device(args.device)
     ds = get_dataset(args)
-    ids = load_list(args, args.train_list)
-    select = args.drs_select == "gt_miou"
-    eval_ids = load_list(args, args.eval_list) if select else []
-    labels = load_labels(args, ds, ids + eval_ids)
-    if select:
-        ds.check_saliency(args.saliency_root, eval_ids)
+    ids, eval_ids, labels = training_ids(args, ds)
+    select = bool(eval_ids)
     data = SquareDataset(ds.image_path, ids, labels, args.drs_resize, crop=args.drs_crop, jitter=args.drs_jitter,
                          flip=True)
     loader = train_loader(data, args.drs_batch_size, "--drs_batch_size", args.train_list, args.seed, args.num_workers,

@@ -29,8 +29,8 @@ from misc.samples import SquareDataset
 from misc.torchutils import pick_device, seed_everything, step_decay
 from net.vgg16_refine import refinement_target, seed_to_square
 from step.common.checkpoints import EpochResume
-from step.common.data import get_dataset, load_labels, load_list, out_path
-from step.common.drs import BestEpoch, init_trunk, refine_net, refined_scores, saliency_miou
+from step.common.data import get_dataset, out_path
+from step.common.drs import BestEpoch, init_trunk, refine_net, refined_scores, saliency_miou, training_ids
 from step.common.entry import step_main
 from step.common.parallel import place, say, train_loader
 from step.common.training import fit
@@ -61,12 +61,8 @@ def run(args: argparse.Namespace) -> None:
     seed_everything(args.seed, args.deterministic)
     device = pick_device(args.device)
     ds = get_dataset(args)
-    ids = load_list(args, args.train_list)
-    select = args.drs_select == "gt_miou"
-    eval_ids = load_list(args, args.eval_list) if select else []
-    labels = load_labels(args, ds, ids + eval_ids)
-    if select:
-        ds.check_saliency(args.saliency_root, eval_ids)
+    ids, eval_ids, labels = training_ids(args, ds)
+    select = bool(eval_ids)
     cam_dir = out_path(args, args.cam_out_dir)
     load_cam(cam_dir, ids[0])  # a missing seed folder is one line before the workers start
     data = RefineData(ds, ids, labels, cam_dir, args.drs_side, args.drs_jitter)

@@ -21,6 +21,7 @@ from misc.samples import SquareDataset, collate_squares
 from net.vgg16 import VGG16D1, load_imagenet_weights, square_views
 from net.vgg16_drs import DRSClassifier, localization_map, multiscale_cams
 from net.vgg16_refine import RefineNet, fuse_raw
+from step.common.data import load_labels, load_list
 from step.common.parallel import say, shard
 
 # scores(batch) -> per image of the batch its class scores (C, H, W) at the image's own size, 0 for absent classes
@@ -139,3 +140,14 @@ class BestEpoch:
         if dist.is_main():
             self.path.unlink(missing_ok=True)
             self.meta.unlink(missing_ok=True)
+
+
+def training_ids(args: argparse.Namespace, ds: DatasetSpec) -> tuple[list[str], list[str], dict[str, np.ndarray]]:
+    """The ids a DRS training step reads: (--train_list, the --eval_list ids of the GT-based epoch selection
+    (empty unless --drs_select gt_miou, whose saliency maps are then checked), labels of both)."""
+    ids = load_list(args, args.train_list)
+    eval_ids = load_list(args, args.eval_list) if args.drs_select == "gt_miou" else []
+    labels = load_labels(args, ds, ids + eval_ids)
+    if eval_ids:
+        ds.check_saliency(args.saliency_root, eval_ids)
+    return ids, eval_ids, labels

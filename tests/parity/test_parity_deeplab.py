@@ -4,7 +4,8 @@ Fixtures come from ``make_fixtures_deeplab.py`` (kazuto1011's DeepLab-v2 and Vai
 DRS, RS+EPM's ``infer_seg`` fusion). Tolerances: the networks are the same float32 operations in the same order,
 and matched bit for bit where the fixtures were made; the tests allow 1e-4 of the output's scale (max |ref|) so
 that another CPU's convolution kernels (a different summation order over 2048-channel, 101-layer sums) still
-pass, while a wrong stride, dilation, pooling rounding, fusion or BN rule moves outputs by O(1).
+pass, while a wrong stride, dilation, pooling rounding, fusion or BN rule moves outputs by O(1). The
+training-mode pass is the exception, with its reason in its test.
 """
 from __future__ import annotations
 
@@ -133,14 +134,19 @@ def test_v3plus_forward_equals_published(os_):
 
 
 def test_v3plus_training_mode_equals_published():
-    """Batch statistics, and the BN momenta of VainF's recipe: 0.01 in the backbone, 0.1 in the head."""
+    """Batch statistics, and the BN momenta of VainF's recipe: 0.01 in the backbone, 0.1 in the head.
+
+    Training-mode BN over a batch of 2 random-weight images amplifies float32 rounding: the float32 fixture is
+    1.2e-3 of the output scale away from the same pass in float64, and float32 here lands 6e-5 or 4.7e-4 away
+    by thread count (measured on a 2-core AMD EPYC). So this pass runs in float64, which is the same on every
+    CPU, against 2.5e-3; a wrong BN rule or momentum still moves the output by O(1) and the means exactly."""
     ref, _ = load_fixture("deeplab_v3plus")
     model = materialise(DeepLabV3Plus, load_keys("deeplab_v3plus_keys"), num_classes=21, output_stride=16)
     assert model.classifier.aspp.project[3].p == 0.1
     model.classifier.aspp.project[3].p = 0.0  # the fixture was made without dropout
     with torch.no_grad():
-        out = model.train()(torch.from_numpy(ref["train_x"]))
-    close(out[:, :, ::4, ::4], ref["train_out"])
+        out = model.double().train()(torch.from_numpy(ref["train_x"]).double())
+    close(out[:, :, ::4, ::4].float(), ref["train_out"], rel=2.5e-3)
     close(model.backbone.bn1.running_mean, ref["train_bn1_mean"])
     close(model.classifier.project[1].running_mean, ref["train_project_bn_mean"])
 

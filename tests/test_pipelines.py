@@ -32,6 +32,8 @@ REUSED = {
     "drs_irn": ("drs", ("train_drs_cls",)),  # DRS's classifier; IRN's toy classifier is IRNet's backbone (toy)
     "toco": ("irn", ()),  # single-stage: only the labels and lists are shared
     "pufs": ("irn", ()),
+    "rsepm": ("irn", ()),  # its own network; the IRN run lends the labels and lists
+    "rsepm_irn": ("rsepm", ("train_rsepm",)),  # RS+EPM's trained network, seeds through the IRN stage
 }
 _RUNS: dict[tuple[Path, str], list[str]] = {}  # (toy run, method) -> flags of its finished run
 

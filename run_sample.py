@@ -676,8 +676,8 @@ SINGLE_STAGE_TOY = dict(
 # 32-wide ASPP/decoder, 96-pixel crops of the toy's 128-pixel images, Adam; inference at scales 1.0 and 0.5.
 # A pipeline check in a few CPU minutes, not a recipe (docs/methods/rsepm.md, Toy results).
 RSEPM_TOY = dict(rsepm_scratch=True, rsepm_width=16, rsepm_blocks=(1, 1, 1, 1), rsepm_feature_size=32,
-                 rsepm_crop_size=96, rsepm_resize_long=(80, 128), rsepm_batch_size=16, rsepm_epochs=8,
-                 rsepm_epm_start=3, rsepm_optimizer="adam", rsepm_lr=1e-3, rsepm_infer_scales=(1.0, 0.5),
+                 rsepm_crop_size=96, rsepm_resize_long=(80, 128), rsepm_batch_size=16, rsepm_epochs=2,
+                 rsepm_epm_start=1, rsepm_optimizer="adam", rsepm_lr=1e-3, rsepm_infer_scales=(1.0, 0.5),
                  rsepm_batch_images=16)
 TOY_METHOD_RECIPES = {
     "rib": dict(rib_iters=2, rib_aux_batch=2, rib_loss_scales=(1.0,), cam_scales=(1.0, 0.5), irn_num_epoches=2),

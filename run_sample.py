@@ -68,8 +68,8 @@ class Run:
                             shown="half the CPU cores of the process, at least 1")
     device: str = flag("auto", "'auto' (CUDA if present, else CPU), 'cpu', 'cuda:0', ...")
     amp: str = flag("off", "bfloat16 autocast in the network passes of train_cam, make_cam, make_rib_cam, train_irn, "
-                    "make_sem_seg_labels, train_single_stage (its training forward) and infer_single_stage (losses, "
-                    "random walk, CRF loss and outputs stay fp32)", choices=("off", "bf16"))
+                    "make_sem_seg_labels, train_single_stage (its training forward), infer_single_stage, train_rsepm "
+                    "and infer_rsepm (losses, random walk, CRF loss and outputs stay fp32)", choices=("off", "bf16"))
     channels_last: bool = flag(False, "channels_last memory format for the networks of those steps")
     seed: int = flag(0, "seed of Python, NumPy, torch and the loader workers")
     deterministic: bool = flag(False, "ask torch for deterministic kernels")

@@ -41,7 +41,8 @@ _RUNS: dict[tuple[Path, str], list[str]] = {}  # (toy run, method) -> flags of i
 # Measured with the toy recipe (docs/methods/toco_pufs.md): ToCo 0.153, PUFS 0.171 against 0.040 and 0.122.
 BEATS = {"toco": (0.08, 0.01), "pufs": (0.08, 0.01)}
 BEATS["rsepm"] = (0.25, 0.15)  # measured (docs/methods/rsepm.md): seeds 0.403 against 0.040 and 0.120
-SINGLE_THREAD = {"toco", "pufs", "rsepm", "rsepm_irn"}  # the toy ViT's small tensors: one intra-op thread is faster on 2 shared cores
+# the toy ViT's small tensors: one intra-op thread is faster on 2 shared cores (RS+EPM: its measured numbers)
+SINGLE_THREAD = {"toco", "pufs", "rsepm", "rsepm_irn"}
 
 
 def baselines(root: Path, ids: list[str], labels: dict[str, np.ndarray]) -> dict[str, float]:

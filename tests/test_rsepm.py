@@ -105,6 +105,8 @@ def test_common_seed_format_and_label():
     label = ri.seed_to_label(image, rec["high_res"], rec["keys"])
     assert label.dtype == np.uint8 and set(np.unique(label)) <= {0, 2, 3}
     assert not ri.seed_to_label(image, rec["high_res"][:0], rec["keys"][:0]).any()
+    none = ri.common_seed(seed, torch.zeros(3, dtype=torch.bool))  # an image without classes (toy COCO has them)
+    assert none["keys"].shape == (0,) and none["cam"].shape == (0, 3, 4) and none["high_res"].shape == (0, 9, 14)
     # a class map of 1 everywhere leaves no background: (1 - 1)^2 = 0
     assert (ri.seed_to_label(image, np.ones((1, 9, 14), np.float32), np.array([5])) == 6).all()
 

@@ -104,7 +104,9 @@ def test_toy_pipeline(toy_run, tmp_path_factory, method):
         (h, w), k = seed["high_res"].shape[1:], len(seed["keys"])
         assert seed["cam"].shape == (k, (h - 1) // 4 + 1, (w - 1) // 4 + 1) and seed["cam"].dtype == np.float32
         peak = seed["high_res"].max((1, 2))  # 0: a class whose map is nowhere positive (ReLU'd CAMs)
-        assert np.all((peak > 0.99) | (peak == 0)) and np.all(peak <= 1)
+        assert np.all(peak <= 1)
+        # RS+EPM's seeds are softmax maps divided by max + 1e-5 (released): a class of peak ~1e-3 stays below 0.99
+        assert method.startswith("rsepm") or np.all((peak > 0.99) | (peak == 0))
         if "cam_to_ir_label" in steps:
             ir = read_label_png(out["ir_label_out_dir"] / f"{i}.png")
             assert ir.shape == (h, w) and set(np.unique(ir)) <= {0, 255} | set(seed["keys"] + 1)

@@ -45,6 +45,9 @@ PIPELINES = {
                 "eval_sem_seg", "draw"),
     "toco": ("train_single_stage", "infer_single_stage", "eval_cam", "eval_sem_seg", "draw"),
     "pufs": ("train_single_stage", "infer_single_stage", "eval_cam", "eval_sem_seg", "draw"),
+    "rsepm": ("train_rsepm", "infer_rsepm", "eval_cam", "eval_sem_seg", "draw"),
+    "rsepm_irn": ("train_rsepm", "infer_rsepm", "eval_cam", "cam_to_ir_label", "train_irn", "make_sem_seg_labels",
+                  "eval_sem_seg", "draw"),
 }
 
 
@@ -54,7 +57,9 @@ class Run:
 
     method: str = flag("irn", "seed method: its pipeline and recipes (irn: make_cam; rib: make_rib_cam; drs: DRS "
                        "seeds, refinement net, saliency pseudo labels; drs_irn: DRS seeds through the IRN stage; "
-                       "toco, pufs: single-stage ViT, train_single_stage and infer_single_stage)",
+                       "toco, pufs: single-stage ViT, train_single_stage and infer_single_stage; rsepm: RS+EPM, "
+                       "train_rsepm and infer_rsepm (released pseudo labels); rsepm_irn: its seeds through the IRN "
+                       "stage)",
                        choices=tuple(PIPELINES))
     work_dir: str | None = flag(None, "folder of every artifact of this run (default runs/<dataset>, toy: runs/toy "
                                 "or runs/toy_coco14); relative output paths are inside it")
@@ -63,8 +68,8 @@ class Run:
                             shown="half the CPU cores of the process, at least 1")
     device: str = flag("auto", "'auto' (CUDA if present, else CPU), 'cpu', 'cuda:0', ...")
     amp: str = flag("off", "bfloat16 autocast in the network passes of train_cam, make_cam, make_rib_cam, train_irn, "
-                    "make_sem_seg_labels, train_single_stage (its training forward) and infer_single_stage (losses, "
-                    "random walk, CRF loss and outputs stay fp32)", choices=("off", "bf16"))
+                    "make_sem_seg_labels, train_single_stage (its training forward), infer_single_stage, train_rsepm "
+                    "and infer_rsepm (losses, random walk, CRF loss and outputs stay fp32)", choices=("off", "bf16"))
     channels_last: bool = flag(False, "channels_last memory format for the networks of those steps")
     seed: int = flag(0, "seed of Python, NumPy, torch and the loader workers")
     deterministic: bool = flag(False, "ask torch for deterministic kernels")
@@ -432,6 +437,97 @@ class Pufs:
                             f"{args.ss_patch_size} and divide --ss_crop_size {args.ss_crop_size}")
 
 
+@section("rsepm")
+class Rsepm:
+    """RS+EPM training (train_rsepm; --method rsepm, rsepm_irn): RecurSeed and EdgePredictMix
+
+    The network is the released one (net/rsepm.py); the training was never published: every flag marked
+    [reconstructed] is this toolkit's choice, with its reason (docs/methods/rsepm.md). Both RS+EPM pipelines
+    share the weights.
+    """
+
+    rsepm_depth: int = flag(50, "ResNet depth of the trunk (released: 50 and 101)", choices=(50, 101))
+    rsepm_width: int = flag(64, "ResNet base width (64 = released, needed by ImageNet weights)", minimum=1)
+    rsepm_blocks: tuple[int, int, int, int] | None = flag(None, "bottlenecks per stage (default: those of "
+                                                          "--rsepm_depth)", minimum=1)
+    rsepm_feature_size: int = flag(256, "ASPP and decoder width (released 256)", minimum=1)
+    rsepm_pretrained_weights: str | None = flag(None, "local torchvision resnet50 / resnet101 IMAGENET1K_V1 .pth "
+                                                "(resnet50-19c8e357.pth); required unless --rsepm_scratch")
+    rsepm_scratch: bool = flag(False, "train from random init (the toy; no ImageNet file)")
+    rsepm_crop_size: int = flag(512, "[reconstructed] training crop, pixels (Puzzle-CAM's recipe)", minimum=16,
+                                multiple_of=16)
+    rsepm_resize_long: tuple[int, int] = flag((320, 640), "[reconstructed] random long-side resize before the "
+                                              "crop (Puzzle-CAM; the released Random_Resize)", minimum=1,
+                                              ordered=True, metavar=("LO", "HI"))
+    rsepm_jitter: tuple[float, float, float, float] = flag((0.3, 0.3, 0.3, 0.1), "[reconstructed] colour jitter: "
+                                                           "brightness, contrast, saturation, hue (Puzzle-CAM; the "
+                                                           "released ColorJitter)", minimum=0,
+                                                           metavar=("B", "C", "S", "H"))
+    rsepm_batch_size: int = flag(16, "[reconstructed] total batch (over all torchrun processes; Puzzle-CAM)",
+                                 minimum=2)
+    rsepm_epochs: int = flag(20, "[reconstructed] epochs (first commit's tag: RS ep 5 + CM ep 15)", minimum=1)
+    rsepm_epm_start: int = flag(5, "[reconstructed] EdgePredictMix from this epoch on (tag RS(ep=5); the decoder "
+                                "must be trained before EP uses it)", minimum=0)
+    rsepm_optimizer: str = flag("sgd", "[reconstructed] sgd: Nesterov SGD (released SGD wrapper, Puzzle-CAM); "
+                                "adam (the toy); both poly 0.9 per iteration (released PolyLR)",
+                                choices=("sgd", "adam"))
+    rsepm_lr: float = flag(0.01, "[reconstructed] lr of the trunk weights; trunk biases 2x, head weights 10x, head "
+                           "biases 20x (released group split, Puzzle-CAM's factors; lowered from Puzzle-CAM's 0.1 "
+                           "for the jointly trained decoder)", above=0)
+    rsepm_momentum: float = flag(0.9, "[reconstructed] SGD momentum (Puzzle-CAM)", minimum=0, maximum=1)
+    rsepm_weight_decay: float = flag(1e-4, "[reconstructed] weight decay of the weight groups, none on biases "
+                                     "(Puzzle-CAM)", minimum=0)
+    rsepm_refine: bool = flag(True, "[reconstructed] RecurSeed: the CAM seed refined by SCG and PAMR into Mrs "
+                              "(figure); False: Mrs is the resized CAM itself (ablation: no SCG/PAMR)")
+    rsepm_scg_c1: bool = flag(False, "[reconstructed] SCG also correlates C1 (issue: C2..C5; the first commit "
+                              "resizes C1..C5)")
+    rsepm_pamr_iters: int = flag(1, "[reconstructed] PAMR iterations in training (released default 1; PAMR paper "
+                                 "10)", minimum=1)
+    rsepm_pamr_dilations: tuple[int, ...] = flag((1,), "[reconstructed] PAMR dilations in training (released "
+                                                 "default 1; PAMR paper 1 2 4 8 12 24)", minimum=1)
+    rsepm_cf_fg: float = flag(0.55, "[reconstructed] certainty filter: Mrs >= this is the class (first commit's "
+                              "tag CF(c=0.55))", minimum=0, maximum=1)
+    rsepm_cf_bg: float = flag(0.10, "[reconstructed] certainty filter: Mrs < this is background, between is "
+                              "ignored (tag CF(u=0.10))", minimum=0, maximum=1)
+    rsepm_ep_edge: float = flag(0.5, "[reconstructed] EdgePredict: a pixel whose probability vector differs from a "
+                                "neighbour's by at least this (half L1) is an uncertain edge (abstract: probability "
+                                "difference of adjacent pixels)", minimum=0, maximum=1)
+    rsepm_ep_conf: float = flag(0.55, "[reconstructed] EdgePredict: top probability below this is uncertain (as "
+                                "--rsepm_cf_fg)", minimum=0, maximum=1)
+    rsepm_mix: bool = flag(True, "[reconstructed] EdgePredictMix on after --rsepm_epm_start epochs")
+    rsepm_mix_band: int = flag(2, "[reconstructed] stride-4 pixels of the uncertain band pasted around the mixed "
+                               "objects (figure: the pasted object keeps an ignore band)", minimum=0)
+    rsepm_w_cls: float = flag(1.0, "[reconstructed] Lcls weight (tag cls=1.0)", minimum=0)
+    rsepm_w_rec: float = flag(1.0, "[reconstructed] Lrec weight, also of Lrec^mix (tag cam=1.0); 0: no recursion "
+                              "(ablation)", minimum=0)
+    rsepm_w_seg: float = flag(1.0, "[reconstructed] Lseg weight, also of Lseg^mix (tag seg=1.0)", minimum=0)
+    rsepm_w_mix: float = flag(1.0, "[reconstructed] factor of the mixed losses (figure: both on the mixed image)",
+                              minimum=0)
+    rsepm_weights_name: str = flag("sess/rsepm.pth", "the trained network (released key layout), written by "
+                                   "train_rsepm, read by infer_rsepm; a released checkpoint loads too")
+
+    def check(self, args: Flags) -> None:
+        if self.rsepm_cf_bg > self.rsepm_cf_fg:
+            raise UserError(f"--rsepm_cf_bg {self.rsepm_cf_bg}: above --rsepm_cf_fg {self.rsepm_cf_fg}; the "
+                            "background threshold must not exceed the foreground one")
+        if self.rsepm_optimizer == "sgd" and self.rsepm_momentum == 0:
+            raise UserError("--rsepm_momentum 0: Nesterov SGD needs a momentum above 0 (0.9)")
+
+
+@section("rsepm_infer")
+class RsepmInfer:
+    """RS+EPM's released inference (infer_rsepm): seeds and pseudo labels"""
+
+    rsepm_infer_scales: tuple[float, ...] = flag((1.0, 0.5, 1.5, 2.0), "scales, each with its flip, whose softmaxes "
+                                                 "are averaged (released)", above=0)
+    rsepm_conf_th: float = flag(-1.0, "classes of a seed: -1 the image-level labels (released train setting); "
+                                "else predicted probability >= this (released val/test: 0.34)", maximum=1)
+    rsepm_bg_gamma: float = flag(2.0, "pseudo labels: background score (1 - max seed)^this (released 2)", above=0)
+    rsepm_pseudo_labels: bool = flag(True, "also write the released CRF pseudo labels of --infer_list to "
+                                     "--sem_seg_out_dir (rsepm_irn: off, the random walk makes them)")
+    rsepm_batch_images: int = flag(4, "same-size images per inference batch", minimum=1)
+
+
 @section("seg")
 class Seg:
     """Segmentation stage (train_seg, make_seg, eval_seg): DeepLab on the pseudo labels, scored on val
@@ -578,12 +674,21 @@ SINGLE_STAGE_TOY = dict(
     ss_par_iters=3, ss_crf_loss_scale=0.25, ss_infer_scales=(0.5,), toco_crop_num=2, toco_local_crop_size=32,
     toco_ctc_dim=256, pufs_out_dim=512, pufs_block_size=16, cam_batch_images=16,
 )
+# RS+EPM on the toy (both pipelines): from scratch a ResNet of width 16 with one bottleneck per stage and a
+# 32-wide ASPP/decoder, 96-pixel crops of the toy's 128-pixel images, Adam; inference at scales 1.0 and 0.5.
+# A pipeline check in a few CPU minutes, not a recipe (docs/methods/rsepm.md, Toy results).
+RSEPM_TOY = dict(rsepm_scratch=True, rsepm_width=16, rsepm_blocks=(1, 1, 1, 1), rsepm_feature_size=32,
+                 rsepm_crop_size=96, rsepm_resize_long=(80, 128), rsepm_batch_size=16, rsepm_epochs=2,
+                 rsepm_epm_start=1, rsepm_optimizer="adam", rsepm_lr=1e-3, rsepm_infer_scales=(1.0, 0.5),
+                 rsepm_batch_images=16)
 TOY_METHOD_RECIPES = {
     "rib": dict(rib_iters=2, rib_aux_batch=2, rib_loss_scales=(1.0,), cam_scales=(1.0, 0.5), irn_num_epoches=2),
     "drs": dict(DRS_TOY),
     "drs_irn": dict(DRS_TOY, irn_num_epoches=1),
     "toco": dict(SINGLE_STAGE_TOY, toco_w_ctc=0.1),
     "pufs": dict(SINGLE_STAGE_TOY),
+    "rsepm": dict(RSEPM_TOY),
+    "rsepm_irn": dict(RSEPM_TOY, irn_num_epoches=2),
 }
 
 # What --dataset changes for every method (flags not given on the command line): its lists and toy
@@ -602,6 +707,8 @@ METHOD_RECIPES = {
     "drs": dict(),
     "drs_irn": dict(),
     "toco": dict(infer_list="val", eval_list="val", cam_eval_thres=0.5, cam_eval_sweep=(0.05, 0.95, 0.05)),
+    "rsepm": dict(),
+    "rsepm_irn": dict(rsepm_pseudo_labels=False),
     "pufs": dict(infer_list="val", eval_list="val", cam_eval_thres=0.5, cam_eval_sweep=(0.05, 0.95, 0.05),
                  ss_img_size=448, ss_drop_path=0.1, ss_weight_decay=0.05, ss_warmup_ratio=0.1, ss_schedule="cosine",
                  ss_jitter=0.5, ss_gray=0.0, ss_batch_size=8),
@@ -628,7 +735,7 @@ PUBLISHED_RECIPES = {
 }
 
 CONFIG = Config(sections=(Run, Data, Toy, Backbone, Classifier, Seeds, Rib, Drs, IrLabel, Irn, SemSeg, Draw,
-                          SingleStage, ToCo, Pufs, Seg),
+                          SingleStage, ToCo, Pufs, Rsepm, RsepmInfer, Seg),
                 pipelines={m: steps + SEG_STAGE for m, steps in PIPELINES.items()}, dataset_recipes=DATASET_RECIPES,
                 method_recipes=METHOD_RECIPES,
                 published_recipes=PUBLISHED_RECIPES, toy_recipe=TOY_RECIPE, toy_method_recipes=TOY_METHOD_RECIPES,

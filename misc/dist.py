@@ -92,6 +92,13 @@ def destroy() -> None:
         td.destroy_process_group()
 
 
+def iteration_generator(seed: int, n_iter: int) -> torch.Generator:
+    """A CPU generator for one training iteration's random choices on this rank, seeded by (seed, iteration,
+    rank), so a resumed run draws the same."""
+    state = np.random.SeedSequence([seed, n_iter, rank()]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
 class RankShuffle(DistributedSampler):
     """The training order of every world size: each epoch a permutation of the dataset from (seed, epoch),
     rank r taking its positions r, r + W, ... (DistributedSampler with drop_last). Batched per rank by

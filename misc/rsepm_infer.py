@@ -74,10 +74,14 @@ def common_seed(seed: torch.Tensor, selected: torch.Tensor, eps: float = 1e-5) -
     """One image's seed (C, H, W) from ``seed_maps`` and its selected classes (C,) bool -> the toolkit's seed
     record {'keys': int64 (K,) 0-based classes, 'high_res': float32 (K, H, W) (the seed maps themselves),
     'cam': float32 (K, (H-1)//4+1, (W-1)//4+1): 4x4 means (partial cells at the border), each divided by
-    its max + eps}."""
+    its max + eps}; K may be 0 (an image without classes)."""
     keys = torch.nonzero(selected).flatten()
     high = seed[keys]
-    cam = F.avg_pool2d(high[None], 4, ceil_mode=True)[0]
+    if len(keys) == 0:
+        h, w = seed.shape[1:]
+        cam = high.new_zeros((0, (h - 1) // 4 + 1, (w - 1) // 4 + 1))
+    else:
+        cam = F.avg_pool2d(high[None], 4, ceil_mode=True)[0]
     cam = cam / (cam.amax((1, 2), keepdim=True) + eps)
     return {"keys": keys.cpu().numpy().astype(np.int64), "cam": cam.float().cpu().numpy(),
             "high_res": high.float().cpu().numpy()}

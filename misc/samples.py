@@ -37,19 +37,24 @@ class ClassificationDataset(ImageDataset):
 
     Augmentation (IRN order): long side resized to U{resize_long}, ImageNet normalisation, horizontal flip
     (p 0.5), random ``crop`` x ``crop`` crop with zero fill (zero = mean colour). With ``resize_long=None``
-    and ``flip=False`` the crop is top-left instead (validation). item = {'name', 'img': float32 (3, crop,
-    crop), 'label': float32 (C,) multi-hot}.
+    and ``flip=False`` the crop is top-left instead (validation). ``jitter`` (brightness, contrast,
+    saturation, hue): colour jitter (``imutils.color_jitter``) after the resize (RS+EPM's reconstructed
+    recipe). item = {'name', 'img': float32 (3, crop, crop), 'label': float32 (C,) multi-hot}.
     """
 
     def __init__(self, image_path: PathFn, ids: Sequence[str], labels: dict[str, np.ndarray], crop: int,
-                 resize_long: tuple[int, int] | None = (320, 640), flip: bool = True):
+                 resize_long: tuple[int, int] | None = (320, 640), flip: bool = True,
+                 jitter: tuple[float, float, float, float] | None = None):
         super().__init__(image_path, ids)
         self.labels, self.crop, self.resize_long, self.flip = labels, crop, resize_long, flip
+        self.jitter = jitter
 
     def __getitem__(self, i: int) -> dict:
         img = imutils.read_image(self.image_path(self.ids[i]))
         if self.resize_long is not None:
             img = imutils.random_resize_long(img, *self.resize_long)
+        if self.jitter is not None:
+            img = imutils.color_jitter(img, *self.jitter)
         x = imutils.normalize(img)
         if self.flip and np.random.rand() < 0.5:
             x = x[:, ::-1]

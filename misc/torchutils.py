@@ -17,18 +17,19 @@ def poly_multiplier(step: int, max_step: int, power: float = 0.9) -> float:
     return (1.0 - step / max_step) ** power
 
 
-def poly_optimizer(kind: str, groups: Iterable[dict], max_step: int, momentum: float = 0.0, power: float = 0.9
-                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def poly_optimizer(kind: str, groups: Iterable[dict], max_step: int, momentum: float = 0.0, power: float = 0.9,
+                   nesterov: bool = False) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """An optimiser whose groups' learning rates follow the poly schedule: the lr used at step i (0-based)
     is lr0 * poly_multiplier(i, max_step, power). Call ``scheduler.step()`` after every ``optimizer.step()``.
 
     kind: 'sgd' or 'adam'. ``momentum`` (SGD only) is explicit: IRN's PolyOptimizer passed weight decay
     positionally into SGD's momentum slot, so IRN and RIB really trained with momentum 1e-4 (none to speak
-    of); 1e-4 reproduces their numbers. Weight decay is set per group (for Adam it is L2, as in SGD).
+    of); 1e-4 reproduces their numbers. ``nesterov``: Nesterov momentum (SGD only). Weight decay is set per
+    group (for Adam it is L2, as in SGD).
     """
     groups = list(groups)
     if kind == "sgd":
-        opt = torch.optim.SGD(groups, lr=0.0, momentum=momentum)
+        opt = torch.optim.SGD(groups, lr=0.0, momentum=momentum, nesterov=nesterov)
     elif kind == "adam":
         opt = torch.optim.Adam(groups, lr=0.0)
     else:

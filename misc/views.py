@@ -1,5 +1,6 @@
 """Training views of the single-stage methods (ToCo, PUFS): random rescale/flip/crop with the valid-area box,
-and the colour, grey-scale, blur and solarize augmentations of their "global" and "local" views.
+and the colour, grey-scale, blur and solarize augmentations of their "global" and "local" views; and the
+whole normalised images their inference steps (and RS+EPM's) batch.
 
 Random numbers come from NumPy's and Python's global generators (seeded per item by ``misc.dist.PerItemSeed``);
 torchvision's colour jitter draws from torch's, which is forked and seeded from NumPy for each item, so an
@@ -47,6 +48,28 @@ class ViewAug:
         if random.random() < self.solarize:
             img = ImageOps.solarize(img, 128)
         return to_input(np.asarray(img)), flipped
+
+
+class InferenceImages(Dataset):
+    """Whole images for inference: item i = {'name', 'img': ImageNet-normalised float32 (3, H, W), 'rgb': uint8
+    (H, W, 3), 'label': (C,) multi-hot}; batch same-size images with ``collate_inference``."""
+
+    def __init__(self, image_path: PathFn, ids: Sequence[str], labels: dict[str, np.ndarray]):
+        self.image_path, self.ids, self.labels = image_path, list(ids), labels
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        rgb = imutils.read_image(self.image_path(self.ids[i]))
+        return {"name": self.ids[i], "img": to_input(rgb), "rgb": rgb,
+                "label": torch.from_numpy(self.labels[self.ids[i]])}
+
+
+def collate_inference(items: list[dict]) -> dict:
+    """Batch of ``InferenceImages`` items of one size: names and rgb as lists, img and label stacked."""
+    return {"name": [it["name"] for it in items], "img": torch.stack([it["img"] for it in items]),
+            "rgb": [it["rgb"] for it in items], "label": torch.stack([it["label"] for it in items])}
 
 
 def to_input(img: np.ndarray) -> torch.Tensor:

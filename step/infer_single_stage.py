@@ -26,15 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
-from misc.dataset_spec import DatasetSpec
-from misc.imutils import read_image, strided_size
+from misc.imutils import strided_size
 from misc.io import AsyncWriter, save_cam, save_png
 from misc.seeds import normalise_keep
 from misc.segmentation import TOCO_CRF, dense_crf, flip_sum_scale_max
 from misc.torchutils import autocast, pick_device, seed_everything
-from misc.views import to_input
+from misc.views import InferenceImages, collate_inference
 from net.single_stage import multi_scale_cam
 from step.common.data import get_dataset, load_labels, load_list, out_path
 from step.common.entry import step_main
@@ -42,26 +40,6 @@ from step.common.parallel import bucketed_loader, pending, place, progress, say
 from step.common.single_stage import build_network, load_trained
 
 SECTIONS = ("run", "data", "toy", "seeds", "sem_seg", "single_stage", "toco", "pufs")  # the flag sections it reads
-
-
-class _Images(Dataset):
-    """item i = {'name', 'img': normalised float32 (3, H, W), 'rgb': uint8 (H, W, 3), 'label': (C,)}."""
-
-    def __init__(self, ds: DatasetSpec, ids: list[str], labels: dict[str, np.ndarray]):
-        self.ds, self.ids, self.labels = ds, ids, labels
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict:
-        rgb = read_image(self.ds.image_path(self.ids[i]))
-        return {"name": self.ids[i], "img": to_input(rgb), "rgb": rgb,
-                "label": torch.from_numpy(self.labels[self.ids[i]])}
-
-
-def _collate(items: list[dict]) -> dict:
-    return {"name": [it["name"] for it in items], "img": torch.stack([it["img"] for it in items]),
-            "rgb": [it["rgb"] for it in items], "label": torch.stack([it["label"] for it in items])}
 
 
 def _crf_png(path: Path, rgb: np.ndarray, probs: np.ndarray, palette: np.ndarray) -> None:
@@ -85,8 +63,8 @@ def run(args: argparse.Namespace) -> None:
     net = build_network(args, ds.num_classes, train=False)
     load_trained(args, net, out_path(args, args.ss_weights_name))
     net = place(net, device, args.channels_last).eval()
-    loader = bucketed_loader(ds, _Images(ds, todo, labels), todo, args.cam_batch_images, _collate, args.num_workers,
-                             device)
+    loader = bucketed_loader(ds, InferenceImages(ds.image_path, todo, labels), todo, args.cam_batch_images,
+                             collate_inference, args.num_workers, device)
     total = sum(map(len, loader.batch_sampler))
     pool = ProcessPoolExecutor(args.ss_crf_num_workers) if args.ss_crf and args.ss_crf_num_workers > 1 else None
     crf_jobs: list[Future] = []

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-import numpy as np
 import torch
 
 from misc import dist
@@ -53,12 +52,6 @@ class _Net:
 
     def __call__(self, *args, **kw) -> dict:
         return self.fn(*args, **kw)
-
-
-def _generator(seed: int, n_iter: int) -> torch.Generator:
-    """CPU generator of one iteration's random choices on this rank."""
-    state = np.random.SeedSequence([seed, n_iter, dist.rank()]).generate_state(1)[0]
-    return torch.Generator().manual_seed(int(state))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -108,7 +101,7 @@ def run(args: argparse.Namespace) -> None:
     def loss(forward, b: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         n_iter = sched.last_epoch  # iterations done: the scheduler's count survives a resume
         batch = {k: v.to(device, non_blocking=True) for k, v in b.items() if isinstance(v, torch.Tensor)}
-        gen = _generator(args.seed, n_iter)
+        gen = dist.iteration_generator(args.seed, n_iter)
         if args.method == "toco":
             out = toco_losses(_Net(model, lambda x, crops=None, momentum=0.9: forward(x, crops, momentum)), batch,
                               n_iter, cfg, par, gen)

@@ -32,13 +32,18 @@ REUSED = {
     "drs_irn": ("drs", ("train_drs_cls",)),  # DRS's classifier; IRN's toy classifier is IRNet's backbone (toy)
     "toco": ("irn", ()),  # single-stage: only the labels and lists are shared
     "pufs": ("irn", ()),
+    "rsepm": ("irn", ()),  # its own network; the IRN run lends the labels and lists
+    "rsepm_irn": ("rsepm", ("train_rsepm",)),  # RS+EPM's trained network, seeds through the IRN stage
 }
 _RUNS: dict[tuple[Path, str], list[str]] = {}  # (toy run, method) -> flags of its finished run
 
 # mIoU margins (fractions) by which a method's toy seeds must beat the baselines (all background, whole image).
 # Measured with the toy recipe (docs/methods/toco_pufs.md): ToCo 0.153, PUFS 0.171 against 0.040 and 0.122.
 BEATS = {"toco": (0.08, 0.01), "pufs": (0.08, 0.01)}
-SINGLE_THREAD = {"toco", "pufs"}  # the toy ViT's small tensors: one intra-op thread is faster on 2 shared cores
+# RS+EPM (docs/methods/rsepm.md): seeds 0.404 against 0.040 and 0.120; rsepm_irn writes the same seeds
+BEATS["rsepm"] = BEATS["rsepm_irn"] = (0.25, 0.15)
+# the toy ViT's small tensors: one intra-op thread is faster on 2 shared cores (RS+EPM: its measured numbers)
+SINGLE_THREAD = {"toco", "pufs", "rsepm", "rsepm_irn"}
 
 
 def baselines(root: Path, ids: list[str], labels: dict[str, np.ndarray]) -> dict[str, float]:
@@ -100,7 +105,9 @@ def test_toy_pipeline(toy_run, tmp_path_factory, method):
         (h, w), k = seed["high_res"].shape[1:], len(seed["keys"])
         assert seed["cam"].shape == (k, (h - 1) // 4 + 1, (w - 1) // 4 + 1) and seed["cam"].dtype == np.float32
         peak = seed["high_res"].max((1, 2))  # 0: a class whose map is nowhere positive (ReLU'd CAMs)
-        assert np.all((peak > 0.99) | (peak == 0)) and np.all(peak <= 1)
+        assert np.all(peak <= 1)
+        # RS+EPM's seeds are softmax maps divided by max + 1e-5 (released): a class of peak ~1e-3 stays below 0.99
+        assert method.startswith("rsepm") or np.all((peak > 0.99) | (peak == 0))
         if "cam_to_ir_label" in steps:
             ir = read_label_png(out["ir_label_out_dir"] / f"{i}.png")
             assert ir.shape == (h, w) and set(np.unique(ir)) <= {0, 255} | set(seed["keys"] + 1)

@@ -4,11 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from misc import rsepm_infer as ri
 from misc.errors import UserError
 from misc.pamr import pamr
 from misc.scg import max_norm, scg
+from misc.seeds import IGNORE
+from net import rsepm_losses as rl
 from net.rsepm import RSEPM, load_imagenet_trunk
 
 
@@ -102,6 +105,8 @@ def test_common_seed_format_and_label():
     label = ri.seed_to_label(image, rec["high_res"], rec["keys"])
     assert label.dtype == np.uint8 and set(np.unique(label)) <= {0, 2, 3}
     assert not ri.seed_to_label(image, rec["high_res"][:0], rec["keys"][:0]).any()
+    none = ri.common_seed(seed, torch.zeros(3, dtype=torch.bool))  # an image without classes (toy COCO has them)
+    assert none["keys"].shape == (0,) and none["cam"].shape == (0, 3, 4) and none["high_res"].shape == (0, 9, 14)
     # a class map of 1 everywhere leaves no background: (1 - 1)^2 = 0
     assert (ri.seed_to_label(image, np.ones((1, 9, 14), np.float32), np.array([5])) == 6).all()
 
@@ -148,3 +153,120 @@ def test_imagenet_trunk_loading(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="bad.pth"):
         load_imagenet_trunk(net, bad)
+
+
+# --- the reconstructed training (net/rsepm_losses.py) ---
+
+def test_edge_map_on_a_hand_made_map():
+    """Two classes split at column 3 (crisp: distance 1), a soft step of 0.3 at row 4 in the right half."""
+    p = torch.zeros(1, 2, 6, 6)
+    p[0, 0, :, :3] = 1
+    p[0, 1, :, 3:] = 1
+    p[0, :, 4:, 3:] = torch.tensor([0.3, 0.7])[:, None, None]
+    e = rl.edge_map(p)[0]
+    assert torch.all(e[:4, 2:4] == 1) and e[4, 2] == 1  # both sides of the crisp edge
+    torch.testing.assert_close(e[[4, 5, 5], [3, 2, 3]], torch.full((3,), 0.7))  # [1, 0] next to [0.3, 0.7]
+    assert torch.all(e[:, :2] == 0)  # two columns away: no neighbour differs
+    torch.testing.assert_close(e[2:6, 5], torch.tensor([0.0, 0.3, 0.3, 0.0]))  # the soft step, both sides
+
+
+def test_edge_predict_ignores_uncertain_edges_and_low_confidence():
+    seg = torch.full((1, 4, 8, 8), -10.0)
+    seg[0, 0, :, :4] = 10  # background left
+    seg[0, 2, :, 4:] = 10  # class 1 (label 2) right
+    seg[0, 3, :2] = 20  # class 2 is the strongest on top, but it is not among the image's classes
+    seg[0, :, 6:, 6:] = 0  # bottom-right corner: background and class 1 tie (0.5 each)
+    labels = torch.tensor([[0.0, 1.0, 0.0]])
+    image = torch.zeros(1, 3, 32, 32)
+    image[..., 16:] = 1  # PAMR keeps the decoder's edge where the image has one
+    image[..., 24:, 24:] = 2
+    mep = rl.edge_predict(seg, image, labels, rl.RSEPMConfig(ep_edge=0.5, ep_conf=0.55))[0]
+    assert torch.all(mep[:, 3:5] == IGNORE)  # the edge between background and the class, both sides
+    assert torch.all(mep[:6, :3] == 0) and torch.all(mep[:5, 5] == 2)
+    assert torch.all(mep[7:, 7:] == IGNORE)  # top probability 0.5 < 0.55
+    assert not (mep == 3).any()  # absent classes never appear
+
+
+def test_certainty_filter():
+    mrs = torch.tensor([[[[0.9, 0.3, 0.05]], [[0.2, 0.5, 0.09]]]])  # (1, 2, 1, 3)
+    assert rl.certainty_filter(mrs, 0.55, 0.10).tolist() == [[[1, IGNORE, 0]]]
+
+
+def _mix_inputs():
+    """Two 4x4 (stride-4) label maps and their 16x16 images whose pixels encode (image, label): A (image 0)
+    holds class 0 (label 1) at rows 0-1 with an ignored band at row 2, class 3 (label 4) at column 3 and
+    background elsewhere; B (image 1) is all class 5 (label 6)."""
+    mep = torch.zeros(2, 4, 4, dtype=torch.long)
+    mep[0, :2, :3] = 1
+    mep[0, 2, :3] = IGNORE
+    mep[0, :, 3] = 4
+    mep[1] = 6
+    mseg = mep.clone()
+    mseg[0, 2, :3] = 0
+    images = (torch.arange(2)[:, None, None, None] * 100 + mep.repeat_interleave(4, 1).repeat_interleave(4, 2)
+              [:, None]).float().expand(2, 3, 16, 16)
+    labels = torch.zeros(2, 6)
+    labels[0, [0, 3]] = 1
+    labels[1, 5] = 1
+    mrs = torch.stack([torch.full((6, 4, 4), 0.1), torch.full((6, 4, 4), 0.7)])
+    return images, mep, mseg, mrs, labels
+
+
+def test_mix_keeps_labels_consistent_with_pixels_and_brings_the_ignored_band():
+    images, mep, mseg, mrs, labels = _mix_inputs()
+    chosen = torch.zeros(2, 6, dtype=torch.bool)
+    chosen[0, 0] = True  # A pastes class 0 only
+    chosen[1, 5] = True
+    mixed, label, rs, classes = rl.edge_mix(images, mep, mseg, mrs, labels, chosen, band=1)
+    a_into_b, b_into_a = 0, 1  # mixed image 0: image 0 pasted onto image 1; mixed image 1: 1 onto 0
+    pix = mixed[a_into_b, 0, ::4, ::4]  # one pixel per stride-4 cell (cells are constant)
+    expected = torch.full((4, 4), 106.0)  # B's class 5 pixels ...
+    expected[:2, :3] = 1  # ... except A's class-0 pixels
+    expected[2, :3] = IGNORE  # and A's uncertain band next to them
+    torch.testing.assert_close(pix, expected)
+    lab = label[a_into_b]
+    assert torch.all(lab[:2, :3] == 1) and torch.all(lab[2, :3] == IGNORE)  # the band is not a class
+    assert torch.all(lab[3] == 6) and torch.all(lab[:, 3] == 6)  # B's labels where B's pixels remain
+    assert torch.equal(lab[pix == 106], torch.full_like(lab[pix == 106], 6))  # labels follow the pixels
+    assert torch.all(rs[a_into_b][:, :3, :3] == 0.1) and torch.all(rs[a_into_b][:, 3] == 0.7)
+    assert classes[a_into_b].tolist() == [True, False, False, False, False, True]  # A's class 3 was not pasted
+    # B (all class 5) pasted onto A covers it entirely: every label is B's
+    assert torch.all(label[b_into_a] == 6) and torch.all(mixed[b_into_a] == 106)
+
+
+def test_mix_band_grows_only_into_ignored_pixels():
+    _, mep, _, _, _ = _mix_inputs()
+    chosen = torch.zeros(2, 6, dtype=torch.bool)
+    chosen[0, 3] = True  # class 3 (column 3) touches the band at (2, 2) diagonally
+    region = rl.paste_region(mep, chosen, band=3)[0]
+    assert torch.all(region[:, 3]) and region[2, :3].all()  # the band is reached, and grows along itself
+    assert not region[:2, :3].any() and not region[3, :3].any()  # other labels are never taken
+    assert not rl.paste_region(mep, chosen, band=0)[0][2, :3].any()
+
+
+def test_mix_choice_takes_half_of_the_classes_at_least_one():
+    labels = torch.tensor([[1.0, 1, 1, 1, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0]])
+    chosen = rl.mix_choice(labels, torch.Generator().manual_seed(0))
+    assert chosen.sum(1).tolist() == [2, 1, 0] and not (chosen & ~labels.bool()).any()
+
+
+def test_recur_seed_and_losses_on_a_small_network():
+    net = RSEPM(num_classes=3, width=8, blocks=(1, 1, 1, 1), feature_size=16).train()
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    labels = torch.tensor([[1.0, 0, 1], [0, 1, 0]])
+    out = net(images)
+    cam_only = rl.recur_seed(out, images, labels, rl.RSEPMConfig(refine=False))
+    mrs = rl.recur_seed(out, images, labels, rl.RSEPMConfig())
+    for m in (cam_only, mrs):
+        assert m.shape == (2, 3, 16, 16) and not m.requires_grad and m.min() >= 0 and m.max() <= 1
+        assert torch.all(m[0, 1] == 0) and torch.all(m[1, [0, 2]] == 0)  # zero off the image's classes
+    expected = F.interpolate(max_norm(F.interpolate(out.cams, size=(8, 8), mode="bilinear")), size=(16, 16),
+                             mode="bilinear") * labels[:, :, None, None]
+    torch.testing.assert_close(cam_only, expected.detach())
+    losses = rl.rsepm_losses(net, images, labels, rl.RSEPMConfig(), True, torch.Generator().manual_seed(0))
+    assert set(losses) == {"loss", "cls", "rec", "seg", "seg_mix", "rec_mix"}
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["seg_mix"] > 0
+    losses["loss"].backward()
+    assert net.classifier.weight.grad.abs().sum() > 0 and net.decoder.classifier[4].weight.grad.abs().sum() > 0
+    no_rec = rl.rsepm_losses(net, images, labels, rl.RSEPMConfig(w_rec=0), False, torch.Generator())
+    torch.testing.assert_close(no_rec["loss"], no_rec["cls"] + no_rec["seg"])

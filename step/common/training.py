@@ -21,11 +21,15 @@ LossFn = Callable[[Callable[..., object], dict], tuple[torch.Tensor, dict[str, t
 
 
 def _float(out: object) -> object:
-    """A model output (tensor, tuple or list of tensors, or dict of tensors) in float32 (a no-op for float32
-    outputs)."""
+    """A model output (tensor, or a dict, tuple, NamedTuple or list of outputs, nested; None kept) in float32
+    (a no-op for float32 outputs)."""
+    if out is None:
+        return None
     if isinstance(out, dict):
-        return {k: v.float() for k, v in out.items()}
-    return type(out)(o.float() for o in out) if isinstance(out, (tuple, list)) else out.float()
+        return {k: _float(v) for k, v in out.items()}
+    if isinstance(out, tuple) and hasattr(out, "_fields"):
+        return type(out)._make(_float(o) for o in out)
+    return type(out)(_float(o) for o in out) if isinstance(out, (tuple, list)) else out.float()
 
 
 def fit(name: str, model: torch.nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, sched: object,

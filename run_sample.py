@@ -688,7 +688,7 @@ TOY_METHOD_RECIPES = {
     "toco": dict(SINGLE_STAGE_TOY, toco_w_ctc=0.1),
     "pufs": dict(SINGLE_STAGE_TOY),
     "rsepm": dict(RSEPM_TOY),
-    "rsepm_irn": dict(RSEPM_TOY, irn_num_epoches=2),
+    "rsepm_irn": dict(RSEPM_TOY, irn_num_epoches=1),  # as drs_irn: a pipeline check of the IRN stage
 }
 
 # What --dataset changes for every method (flags not given on the command line): its lists and toy

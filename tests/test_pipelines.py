@@ -125,7 +125,8 @@ def test_toy_pipeline(toy_run, tmp_path_factory, method):
         bg, whole = BEATS[method]
         assert cam["best"]["miou"] > base["background"] + bg, (cam["best"], base)
         assert cam["best"]["miou"] > base["whole image"] + whole, (cam["best"], base)
-        # the toy segmentation is at the all-background level (measured 0.0403 / 0.0398): not garbage below it
+        # the toy segmentation is at the all-background level (measured 0.0403 / 0.0398): not garbage below it.
+        # Why not above: the toy ViT does not learn the classes (docs/methods/toco_pufs.md, measured)
         assert sem["miou"] >= base["background"] - 0.005, (sem["miou"], base)
     assert len(list(out["draw_out_dir"].glob("*.png"))) == args.draw_num
 

@@ -36,7 +36,8 @@ REUSED = {
 _RUNS: dict[tuple[Path, str], list[str]] = {}  # (toy run, method) -> flags of its finished run
 
 # mIoU margins (fractions) by which a method's toy seeds must beat the baselines (all background, whole image).
-# Measured with the toy recipe (docs/methods/toco_pufs.md): ToCo 0.153, PUFS 0.171 against 0.040 and 0.122.
+# Measured with the toy recipe (docs/methods/toco_pufs.md): ToCo 0.153, PUFS 0.171 against 0.040 and 0.122
+# (0.162 and 0.200 with the per-image crop / mask generators of the torchrun-parity change).
 BEATS = {"toco": (0.08, 0.01), "pufs": (0.08, 0.01)}
 SINGLE_THREAD = {"toco", "pufs"}  # the toy ViT's small tensors: one intra-op thread is faster on 2 shared cores
 

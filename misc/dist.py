@@ -74,6 +74,15 @@ def all_reduce_(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def share_of_total(count: torch.Tensor) -> torch.Tensor:
+    """A count over this rank's share of a batch, summed over the ranks and divided by their number (``count``
+    itself single-process), as a detached float. A rank's sum divided by it, averaged over the ranks (as DDP
+    averages gradients), is the sum over the total batch divided by the total count: count-normalised losses
+    then give the single-process value whatever the number of processes."""
+    count = count.detach().float().clone()
+    return all_reduce_(count) / world_size() if active() else count
+
+
 def sum_over_ranks(x: np.ndarray | None) -> np.ndarray | None:
     """The elementwise sum over ranks of a NumPy array (e.g. a confusion matrix), exact for integers; a rank
     with nothing to add passes None. One all_gather of the pickled arrays (small: histograms, counts).

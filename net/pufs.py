@@ -22,7 +22,14 @@ from misc.seeds import IGNORE
 from net.crf_loss import dense_crf_loss
 from net.heads import DINOHead, LargeFOV, cam, gmp_logits, tokens_to_map
 from net.par import PAR
-from net.single_stage import cam_to_label, denormalize, multi_scale_cam, ptc_loss, refine_cams_with_bkg, seg_loss_bg_fg
+from net.single_stage import (
+    cam_to_label,
+    denormalize,
+    multi_scale_cam,
+    ptc_loss,
+    refine_cams_with_bkg,
+    seg_loss_bg_fg,
+)
 from net.vit import ViT
 
 
@@ -150,15 +157,17 @@ def uncertain_blocks(aux_cam: torch.Tensor, cls_labels: torch.Tensor, grid: tupl
 
 
 def block_mask(batch: int, grid: tuple[int, int], ratio: float, scale: int, uncertain: torch.Tensor | None = None,
-               noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """PUFS's block mask: each of the gh*gw blocks gets noise U[0, 1) (drawn on the CPU with ``generator``
-    unless ``noise`` (B, gh*gw) is given), +1 where ``uncertain``; the ceil(ratio * gh*gw) blocks with the
-    highest noise are masked, so uncertain blocks go first in random order and random certain blocks fill the
-    rest. Each block covers scale x scale tokens. Returns (B, gh*scale, gw*scale) bool, True = masked, on the
-    device of ``uncertain`` (CPU when None)."""
+               noise: torch.Tensor | None = None, generator: torch.Generator | list[torch.Generator] | None = None
+               ) -> torch.Tensor:
+    """PUFS's block mask: each of the gh*gw blocks gets noise U[0, 1) (drawn on the CPU with ``generator``, or row n
+    with ``generator[n]`` of a per-image list, unless ``noise`` (B, gh*gw) is given), +1 where ``uncertain``; the
+    ceil(ratio * gh*gw) blocks with the highest noise are masked, so uncertain blocks go first in random order and
+    random certain blocks fill the rest. Each block covers scale x scale tokens. Returns (B, gh*scale, gw*scale) bool,
+    True = masked, on the device of ``uncertain`` (CPU when None)."""
     n = grid[0] * grid[1]
     if noise is None:
-        noise = torch.rand(batch, n, generator=generator)
+        noise = (torch.stack([torch.rand(n, generator=g) for g in generator]) if isinstance(generator, list)
+                 else torch.rand(batch, n, generator=generator))
     if uncertain is not None:
         noise = noise.to(uncertain.device) + uncertain.float()
     order = noise.argsort(dim=1)
@@ -274,13 +283,15 @@ class PUFSConfig:
 
 
 def pufs_losses(student: nn.Module, teacher: PUFSNet, fsr: FSRLoss, batch: dict, n_iter: int, cfg: PUFSConfig,
-                par: PAR, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                par: PAR, generator: torch.Generator | list[torch.Generator] | None = None
+                ) -> dict[str, torch.Tensor]:
     """The losses of one PUFS training step (the published ``train_voc.py`` / ``train_coco.py`` loop body, before
     the optimiser step and ``ema_update``).
 
     student: a PUFSNet or a DDP wrapper of one (its forward is the only call that builds the graph); teacher:
     the EMA PUFSNet (run without a mask, under no_grad). batch: 'view1', 'view2' (B, 3, H, W) normalised views,
-    'cls_labels' (B, C-1) float. generator: CPU generator of the mask noise (None: torch's global one).
+    'cls_labels' (B, C-1) float. generator: CPU generator of the mask noise, or one per image (None: torch's
+    global one).
 
     The CAMs, pseudo labels, PTC and CRF loss use view 1; view 2's aux CAM chooses the masked blocks. Every
     term is computed and weighted (zero-weighted ones too). Returns {'cls', 'cls_aux', 'fsr_cls', 'fsr_pat',

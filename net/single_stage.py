@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from misc.dist import share_of_total, world_size
 from misc.seeds import IGNORE
 from net.par import PAR
 
@@ -132,11 +133,14 @@ def seg_loss_bg_fg(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
     pixels, each the mean over its own pixels (ignore_index left out). logits (B, C, H, W), labels (B, H, W).
 
     A half without pixels contributes 0 (the published mean over no pixels is NaN, and NaN * 0 would poison the
-    weighted total even while the segmentation weight is 0); otherwise equal to the published value."""
+    weighted total even while the segmentation weight is 0); otherwise equal to the published value. Under
+    torchrun the pixel counts are those of the total batch (``misc.dist.share_of_total``; the published code
+    counts each GPU's share), so the DDP step equals the single-process one."""
     out = logits.new_zeros(())
     for part in (labels.masked_fill(labels != 0, ignore_index), labels.masked_fill(labels == 0, ignore_index)):
         ce = F.cross_entropy(logits, part, ignore_index=ignore_index, reduction="sum")
-        out = out + 0.5 * ce / (part != ignore_index).sum().clamp(min=1)
+        n = share_of_total((part != ignore_index).sum())
+        out = out + 0.5 * ce / n.clamp(min=1e-6)  # n = 0: ce = 0
     return out
 
 
@@ -144,7 +148,7 @@ def ptc_loss(fmap: torch.Tensor, token_labels: torch.Tensor, ignore_index: int =
     """Patch-token contrast: with S = |cos| between the L2-normalised tokens of each image (B, D, h, w) and
     token labels (B, h, w), pairs i != j with both labels valid are positive when the labels agree and negative
     otherwise; loss = 0.5 (1 - sum_pos S / (N_pos + 1)) + 0.5 sum_neg S / (N_neg + 1), sums and counts over the
-    whole batch. Returns a scalar."""
+    whole batch (under torchrun the counts of the total batch, as in ``seg_loss_bg_fg``). Returns a scalar."""
     x = F.normalize(fmap.flatten(2), p=2, dim=1, eps=1e-8)
     sim = torch.matmul(x.transpose(1, 2), x).abs()
     lab = token_labels.flatten(1)
@@ -153,4 +157,12 @@ def ptc_loss(fmap: torch.Tensor, token_labels: torch.Tensor, ignore_index: int =
     pair &= ~torch.eye(lab.shape[1], dtype=torch.bool, device=lab.device)
     same = lab[:, :, None] == lab[:, None, :]
     pos, neg = (pair & same).float(), (pair & ~same).float()
-    return 0.5 * (1 - (pos * sim).sum() / (pos.sum() + 1)) + 0.5 * (neg * sim).sum() / (neg.sum() + 1)
+    n_pos, n_neg = (share_of_total(m.sum() + 1 / world_size()) for m in (pos, neg))
+    return 0.5 * (1 - (pos * sim).sum() / n_pos) + 0.5 * (neg * sim).sum() / n_neg
+
+
+def image_generator(generator: torch.Generator | list[torch.Generator] | None, n: int) -> torch.Generator | None:
+    """The CPU generator of image n's random choices: ``generator[n]`` of a per-image list (the training step's,
+    keyed by the image's place in the total batch, so that a choice does not depend on the number of
+    processes), else ``generator`` itself (None: torch's global one)."""
+    return generator[n] if isinstance(generator, list) else generator

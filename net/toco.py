@@ -22,6 +22,7 @@ from net.single_stage import (
     box_mask,
     cam_to_label,
     denormalize,
+    image_generator,
     multi_scale_cam,
     ptc_loss,
     refine_cams_with_bkg,
@@ -123,14 +124,14 @@ def cam_to_roi_mask(cam: torch.Tensor, cls_labels: torch.Tensor, high_thre: floa
 
 
 def crop_from_roi(images: torch.Tensor, roi: torch.Tensor, crop_num: int = 8, crop_size: int = 96,
-                  neg_ratio: float = 0.2, generator: torch.Generator | None = None
+                  neg_ratio: float = 0.2, generator: torch.Generator | list[torch.Generator] | None = None
                   ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """ToCo's local crops: per image, ``crop_num`` top-left corners drawn without replacement (torch.randperm
-    on the CPU generator) among the pixels of roi[m:H-m, m:W-m] (m = crop_size // 2) whose region is <= 1
-    (not confident foreground), or among all of them when fewer than crop_num qualify; the crop is
-    images[y:y+s, x:x+s] at that (y, x). A crop is negative (flag 0) when the sum of the region values inside
-    it, divided by s^2, is <= neg_ratio. Returns (crop_num tensors (B, 3, s, s), flags (B, crop_num + 2)
-    float, the first two (the global views) always 1)."""
+    on the CPU generator, or image n's of a per-image list) among the pixels of roi[m:H-m, m:W-m]
+    (m = crop_size // 2) whose region is <= 1 (not confident foreground), or among all of them when fewer than
+    crop_num qualify; the crop is images[y:y+s, x:x+s] at that (y, x). A crop is negative (flag 0) when the sum
+    of the region values inside it, divided by s^2, is <= neg_ratio. Returns (crop_num tensors (B, 3, s, s),
+    flags (B, crop_num + 2) float, the first two (the global views) always 1)."""
     b, _, h, w = images.shape
     m = crop_size // 2
     crops = images.new_zeros(b, crop_num, images.shape[1], crop_size, crop_size)
@@ -140,7 +141,7 @@ def crop_from_roi(images: torch.Tensor, roi: torch.Tensor, crop_num: int = 8, cr
         idx = (inner <= 1).nonzero()
         if idx.shape[0] < crop_num:
             idx = (inner >= 0).nonzero()
-        idx = idx[torch.randperm(idx.shape[0], generator=generator)[:crop_num].to(idx.device)]
+        idx = idx[torch.randperm(idx.shape[0], generator=image_generator(generator, n))[:crop_num].to(idx.device)]
         for i, (y, x) in enumerate(idx.tolist()):
             crops[n, i] = images[n, :, y:y + crop_size, x:x + crop_size]
             if roi[n, y:y + crop_size, x:x + crop_size].sum() / crop_size ** 2 <= neg_ratio:
@@ -211,14 +212,14 @@ class ToCoConfig:
 
 
 def toco_losses(model: nn.Module, batch: dict, n_iter: int, cfg: ToCoConfig, par: PAR,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                generator: torch.Generator | list[torch.Generator] | None = None) -> dict[str, torch.Tensor]:
     """The losses of one ToCo training step (the published ``dist_train_*_seg_neg.py`` loop body).
 
     model: a ToCoNet, or a DDP wrapper of one (its forward is the only call that builds the graph).
     batch: 'image' (B, 3, H, W) normalised main view, 'global2' (B, 3, H, W) the second global view,
     'local_src' (B, 3, H, W) the image the local crops are cut from, 'cls_labels' (B, C-1) float,
     'img_box' (B, 4) long (h0, h1, w0, w1) or None. n_iter: 0-based iteration. generator: CPU generator of the
-    crop positions (None: torch's global one, as published).
+    crop positions, or one per image (None: torch's global one, as published).
 
     Every term is computed and weighted (zero-weighted ones too, so their parameters get zero gradients and
     weight decay exactly as in the published run). Returns {'cls', 'cls_aux', 'ptc', 'ctc', 'seg', 'reg',

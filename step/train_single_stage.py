@@ -11,7 +11,10 @@ The schedule counts iterations: --ss_max_iters at the total batch --ss_batch_siz
 takes 1/W of every batch, in the single-process order and augmentation), with the warm-up AdamW schedule
 stepped per iteration, cut into epochs of --ss_epoch_iters iterations (``step.common.parallel.iteration_loader``)
 so that an interrupted run resumes after the last finished epoch. ToCo's local-crop positions and PUFS's mask
-noise are drawn from a generator seeded by (--seed, iteration, rank), so a resumed run repeats them. --amp bf16
+noise are drawn per image from a generator seeded by (--seed, iteration, the image's place in the total batch),
+and torch's global generators (drop path) are reseeded by (--seed, iteration, rank) every iteration, so a resumed
+run repeats them, and under torchrun only drop path differs from the single-process run. The count-normalised
+losses (split seg loss, patch-token contrast) divide by the total batch's counts under torchrun. --amp bf16
 autocasts the training forward (the no-grad multi-scale CAM passes, the losses and the CRF loss stay fp32).
 """
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
+import numpy as np
 import torch
 
 from misc import dist
@@ -52,6 +56,17 @@ class _Net:
 
     def __call__(self, *args, **kw) -> dict:
         return self.fn(*args, **kw)
+
+
+def _seed_iteration(seed: int, n_iter: int, share: int) -> list[torch.Generator]:
+    """Seed torch's global generators (drop path draws from them) for one iteration on this rank from (seed,
+    iteration, rank), so that a resumed run repeats them. Returns the CPU generators of the iteration's explicit
+    random choices (crop positions, mask noise) of this rank's ``share`` images, each seeded by (seed,
+    iteration, the image's place in the total batch): the same choices whatever the number of processes."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, n_iter, dist.rank(), 1]).generate_state(1)[0]))
+    first = dist.rank() * share
+    return [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, n_iter, first + n]).generate_state(1)[0]))
+            for n in range(share)]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -101,7 +116,7 @@ def run(args: argparse.Namespace) -> None:
     def loss(forward, b: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         n_iter = sched.last_epoch  # iterations done: the scheduler's count survives a resume
         batch = {k: v.to(device, non_blocking=True) for k, v in b.items() if isinstance(v, torch.Tensor)}
-        gen = dist.iteration_generator(args.seed, n_iter)
+        gen = _seed_iteration(args.seed, n_iter, len(batch["cls_labels"]))
         if args.method == "toco":
             out = toco_losses(_Net(model, lambda x, crops=None, momentum=0.9: forward(x, crops, momentum)), batch,
                               n_iter, cfg, par, gen)

@@ -153,3 +153,31 @@ def test_total_batch_must_divide_by_world(monkeypatch):
     assert rank_batch(8, "--irn_batch_size") == 4
     with pytest.raises(UserError, match="--irn_batch_size 7: not divisible by the 2 torchrun processes"):
         rank_batch(7, "--irn_batch_size")
+
+
+@pytest.mark.parametrize("method", ["toco", "pufs"])
+def test_ddp_single_stage_training_equals_single_process(single_stage_tiny, tmp_path, method):
+    """train_single_stage under torchrun with 2 processes (total batch 4, 2 per process; conftest's tiny ViT, the
+    seg and CRF losses on from the third iteration) ends with the single-process weights: each image's crop
+    positions or mask noise do not depend on the process, the split seg loss and the patch-token contrast count
+    pixels and pairs over the total batch, PUFS's FSR centres are all-reduced. Drop path off (drawn per
+    process)."""
+    import run_sample
+    from misc.torchutils import seed_everything
+    from step import train_single_stage
+    from step.common.single_stage import build_network
+
+    flags = single_stage_tiny + ["--method", method, "--ss_drop_path", "0"]
+    _torchrun("-m", "step.train_single_stage", *flags, "--ss_weights_name", str(tmp_path / "two.pth"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_single_stage.run(run_sample.parse_args(flags + ["--ss_weights_name", str(tmp_path / "one.pth")]))
+    finally:
+        torch.set_num_threads(threads)
+    trained = _assert_same_weights(tmp_path / "one.pth", tmp_path / "two.pth")
+    seed_everything(0)  # train_single_stage builds the network right after seeding
+    start = build_network(run_sample.parse_args(flags), 20, train=True).state_dict()
+    prefix = "" if method == "toco" else "student."
+    for key in ("decoder.conv8.weight", "encoder.blocks.0.attn.qkv.weight"):  # moved 10x the tolerance
+        assert (trained[prefix + key] - start[key]).abs().max() > 1e-5, key

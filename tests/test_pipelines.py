@@ -38,7 +38,8 @@ REUSED = {
 _RUNS: dict[tuple[Path, str], list[str]] = {}  # (toy run, method) -> flags of its finished run
 
 # mIoU margins (fractions) by which a method's toy seeds must beat the baselines (all background, whole image).
-# Measured with the toy recipe (docs/methods/toco_pufs.md): ToCo 0.153, PUFS 0.171 against 0.040 and 0.122.
+# Measured with the toy recipe (docs/methods/toco_pufs.md): ToCo 0.153, PUFS 0.171 against 0.040 and 0.122
+# (0.162 and 0.200 with the per-image crop / mask generators of the torchrun-parity change).
 BEATS = {"toco": (0.08, 0.01), "pufs": (0.08, 0.01)}
 # RS+EPM (docs/methods/rsepm.md): seeds 0.404 against 0.040 and 0.120; rsepm_irn writes the same seeds
 BEATS["rsepm"] = BEATS["rsepm_irn"] = (0.25, 0.15)
@@ -132,7 +133,8 @@ def test_toy_pipeline(toy_run, tmp_path_factory, method):
         bg, whole = BEATS[method]
         assert cam["best"]["miou"] > base["background"] + bg, (cam["best"], base)
         assert cam["best"]["miou"] > base["whole image"] + whole, (cam["best"], base)
-        # the toy segmentation is at the all-background level (measured 0.0403 / 0.0398): not garbage below it
+        # the toy segmentation is at the all-background level (measured 0.0403 / 0.0398): not garbage below it.
+        # Why not above: the toy ViT does not learn the classes (docs/methods/toco_pufs.md, measured)
         assert sem["miou"] >= base["background"] - 0.005, (sem["miou"], base)
     assert len(list(out["draw_out_dir"].glob("*.png"))) == args.draw_num
 

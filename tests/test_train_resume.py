@@ -8,7 +8,7 @@ import torch
 
 import run_sample
 from misc.io import read_id_list, write_id_list
-from step import train_cam, train_irn
+from step import train_cam, train_irn, train_single_stage
 from step.common import checkpoints
 
 
@@ -73,6 +73,33 @@ def test_interrupted_training_resumes_to_the_same_weights(toy_run, tmp_path, mon
     moved = max((straight[k].float() - after_one[k].float()).abs().max().item() for k in straight
                 if straight[k].is_floating_point())
     assert moved > 1e-4  # the second epoch changed the weights: the equality above is not vacuous
+
+
+@pytest.mark.parametrize("method", ["toco", "pufs"])
+def test_single_stage_training_resumes_to_the_same_weights(single_stage_tiny, tmp_path, monkeypatch, capsys,
+                                                           method):
+    """train_single_stage (a tiny ViT, 2 epochs of 2 iterations, the seg and CRF losses on in the second): the
+    resume state holds the optimiser, the schedule, ToCo's EMA projection head and PUFS's teacher and FSR
+    centres, and the crop positions / mask noise repeat, so the restarted run ends where the straight one does."""
+    base = single_stage_tiny + ["--method", method]
+    train_single_stage.run(run_sample.parse_args(base + ["--ss_weights_name", str(tmp_path / "straight.pth")]))
+    straight = _load(tmp_path / "straight.pth")
+    resumed = tmp_path / "resumed.pth"
+    args = run_sample.parse_args(base + ["--ss_weights_name", str(resumed)])
+    with monkeypatch.context() as m:
+        _interrupt_after_first_epoch(m)
+        with pytest.raises(_Stop):
+            train_single_stage.run(args)
+    after_one = _load(tmp_path / "resumed.pth.resume")["model"]
+    capsys.readouterr()
+    train_single_stage.run(args)
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    _assert_same(_load(resumed), straight)
+    moved = {k: (straight[k].float() - after_one[k].float()).abs().max().item() for k in straight
+             if straight[k].is_floating_point()}
+    assert max(v for k, v in moved.items() if "decoder" in k or "seg" in k) > 1e-4  # the seg losses trained
+    if method == "pufs":
+        assert moved["fsr.class_center"] > 0 and max(v for k, v in moved.items() if k.startswith("teacher.")) > 0
 
 
 def test_changed_flags_start_over(toy_run, tmp_path, monkeypatch, capsys):

@@ -44,8 +44,11 @@ def test_seg_recipes_resolve_in_order():
     drs = run_sample.parse_args(voc + ["--seg_recipe", "deeplab_v2_drs"])
     assert (drs.seg_self_training, drs.seg_scales, drs.seg_iters) == ("zero", (0.5, 0.75, 1.0, 1.25, 1.5), 10000)
     toy = run_sample.parse_args(["--seg_recipe", "deeplab_v3plus"])  # the toy shrinks, the recipe picks the network
-    assert (toy.seg_network, toy.seg_crop_size, toy.seg_width, toy.seg_train_list) == ("deeplab_v3plus", 128, 16,
-                                                                                       "train")
+    assert (toy.seg_network, toy.seg_init, toy.seg_width, toy.seg_train_list) == ("deeplab_v3plus", "cam", 32,
+                                                                                  "train")
+    # the toy starts from the classifier's trunk where the method trains one, else from scratch
+    assert (run_sample.parse_args(["--method", "toco"]).seg_init, run_sample.parse_args(["--method", "rib"]).seg_init) \
+        == (None, "cam")
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -115,3 +118,4 @@ def test_test_set_pngs_are_palette_class_ids_in_the_server_layout(mini_voc, tmp_
         ids_written = np.array(Image.open(work / "seg_server" / make_seg.SERVER_DIR / f"{i}.png"))
         assert np.array_equal(ids_written, probs[0].argmax(0).numpy())
     assert len(np.unique(ids_written)) > 1
+

@@ -554,7 +554,7 @@ TOY_RECIPE = dict(
     seg_learning_rate=1e-4, seg_batch_images=8,
 )
 # The toy segmentation stage of the methods without a ResNet classifier to start from: the narrow DeepLab from
-# scratch (trained BN); it stays near the all-background level on the toy (docs/methods/deeplab.md).
+# scratch (trained BN); from scratch it learned little on the toy (docs/methods/deeplab.md, Toy results).
 SEG_SCRATCH_TOY = dict(seg_init=None, seg_width=16, seg_frozen_bn=False)
 
 # DRS on the toy (both DRS pipelines): from scratch (no ImageNet weights offline) a VGG-16-D1 of width 16 with

@@ -3,12 +3,13 @@ CRF in a process pool), with the projected hours of the published VOC recipes.
 
     python -m bench.bench_seg [--device auto] [--full] [--steps 3] [--images 4] [--crf_pool N]
 
-Default (quick, CPU): the toy recipe's narrow DeepLab-v2 (width 16, one block per stage) at 128-pixel crops,
-batch 8, and 128x96 test images. --full: ResNet-101 DeepLab-v2 MSC at the published recipe (batch 10 of 321
-crops, frozen BN) and DeepLab-v3+ (batch 32 of 513 crops, OS 16, trained BN), VOC-sized 500x375 test images;
-meant for a GPU. Random weights and inputs (speed does not depend on them); one warm-up iteration is not
-timed. The projection multiplies: train_seg iterations (v2 30k, v3+ 20k) / iterations per second, and VOC
-val (1,449 images) / images per second, for the network pass and for the CRF at the measured pool rate.
+Default (quick, CPU): the toy recipe's narrow DeepLab-v2 (width 32, one block per stage, frozen BN) at
+96-pixel crops, batch 8, 100 iterations, and 128x96 test images. --full: ResNet-101 DeepLab-v2 MSC at the
+published recipe (batch 10 of 321 crops, frozen BN) and DeepLab-v3+ (batch 32 of 513 crops, OS 16, trained
+BN), VOC-sized 500x375 test images; meant for a GPU. Random weights and inputs (speed does not depend on
+them); one warm-up iteration is not timed. The projection multiplies: train_seg iterations (toy 100, v2 30k,
+v3+ 20k) / iterations per second, and VOC val (1,449 images) / images per second, for the network pass and
+for the CRF at the measured pool rate.
 """
 from __future__ import annotations
 
@@ -103,8 +104,8 @@ def main() -> None:
                 ("deeplab_v3plus", v3, deeplab_v3plus_param_groups(v3, 0.05, 1e-4), 32, 513, 20000)]
         h, w = 375, 500
     else:
-        v2 = DeepLabV2(21, blocks=(1, 1, 1, 1), width=16, scales=(), frozen_bn=False)
-        runs = [("toy deeplab_v2", v2, deeplab_v2_param_groups(v2, 0.01, 5e-4), 8, 128, 300)]
+        v2 = DeepLabV2(21, blocks=(1, 1, 1, 1), width=32, scales=(), frozen_bn=True)
+        runs = [("toy deeplab_v2", v2, deeplab_v2_param_groups(v2, 1e-4, 5e-4), 8, 96, 100)]
         h, w = 96, 128
     print(f"device {device}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}; test images "
           f"{w}x{h}, VOC val 1449 images")

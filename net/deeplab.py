@@ -316,7 +316,7 @@ def _read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def _load_checked(module: nn.Module, sd: dict[str, torch.Tensor], path: Path, what: str,
+def _load_checked(module: nn.Module, sd: dict[str, torch.Tensor], path: str | Path, what: str,
                   optional: tuple[str, ...] = ()) -> None:
     """Load ``sd`` into ``module``: every key of ``module`` must be given except keys starting with one of
     ``optional`` and BN ``num_batches_tracked`` counters; extra keys and shape mismatches are errors."""
@@ -353,6 +353,17 @@ def _is_torchvision_resnet(sd: dict[str, torch.Tensor]) -> bool:
     return "conv1.weight" in sd and "layer1.0.conv1.weight" in sd
 
 
+def deeplab_v2_from_resnet(num_classes: int, sd: dict[str, torch.Tensor], source: str | Path, **kwargs) -> DeepLabV2:
+    """A ``DeepLabV2`` (``kwargs`` as its constructor's) whose backbone is the torchvision-layout ResNet state_dict
+    ``sd`` (keys ``conv1.*``, ``bn1.*``, ``layerN.i.*``; ``fc.*`` dropped), built with the stride on the 3x3
+    conv as such a trunk was trained; the ASPP keeps its N(0, 0.01) init. ``source`` names ``sd`` in the
+    one-line error of a trunk of another shape (``width``/``blocks`` must match it)."""
+    model = DeepLabV2(num_classes, stride_in_1x1=False, **kwargs)
+    _load_checked(model.base, _torchvision_to_v2(sd), source, "a torchvision-layout ResNet of this width and depth",
+                  optional=("aspp.",))
+    return model
+
+
 def build_deeplab_v2(num_classes: int, init: str | Path | None = None, **kwargs) -> tuple[DeepLabV2, str]:
     """Build a ``DeepLabV2`` and initialise its backbone from ``init``.
 
@@ -369,10 +380,7 @@ def build_deeplab_v2(num_classes: int, init: str | Path | None = None, **kwargs)
     path = Path(init)
     sd = _read_state_dict(path, "DeepLab-v2 initialisation file")
     if _is_torchvision_resnet(sd):
-        model = DeepLabV2(num_classes, stride_in_1x1=False, **kwargs)
-        _load_checked(model.base, _torchvision_to_v2(sd), path, "a torchvision ResNet-101 state_dict",
-                      optional=("aspp.",))
-        return model, "torchvision"
+        return deeplab_v2_from_resnet(num_classes, sd, path, **kwargs), "torchvision"
     sd = {k.removeprefix("base."): v for k, v in sd.items() if not k.removeprefix("base.").startswith("fc.")}
     model = DeepLabV2(num_classes, stride_in_1x1=True, **kwargs)
     own = model.base.state_dict()
@@ -387,9 +395,15 @@ def load_imagenet_resnet101(model: DeepLabV3Plus, path: str | Path) -> None:
     """Load torchvision's ``resnet101`` ImageNet state_dict file (e.g. resnet101-5d3b4d8f.pth, the V1 weights
     VainF used, or resnet101-63fe2227.pth) into ``model.backbone``, dropping ``fc.*``, strictly otherwise."""
     path = Path(path)
-    sd = {k: v for k, v in _read_state_dict(path, "ImageNet ResNet-101 weights").items() if not k.startswith("fc.")}
-    _load_checked(model.backbone, sd, path, "a torchvision resnet101 state_dict (the backbone must be full width, "
-                  "64, with blocks (3, 4, 23, 3))")
+    load_resnet_trunk(model, _read_state_dict(path, "ImageNet ResNet-101 weights"), path, "a torchvision resnet101 "
+                      "state_dict (the backbone must be full width, 64, with blocks (3, 4, 23, 3))")
+
+
+def load_resnet_trunk(model: DeepLabV3Plus, sd: dict[str, torch.Tensor], source: str | Path,
+                      what: str = "a torchvision-layout ResNet of this width and depth") -> None:
+    """Load the torchvision-layout ResNet state_dict ``sd`` into ``model.backbone`` (``fc.*`` dropped, strictly
+    otherwise; the dilations do not change the shapes); ``source`` and ``what`` name it in the error line."""
+    _load_checked(model.backbone, {k: v for k, v in sd.items() if not k.startswith("fc.")}, source, what)
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:

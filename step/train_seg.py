@@ -42,7 +42,7 @@ from step.common.parallel import iteration_loader, place, say
 from step.common.seg import save_description, segmentation_network, val_miou
 from step.common.training import fit
 
-SECTIONS = ("run", "data", "toy", "sem_seg", "seg")  # the flag sections it reads
+SECTIONS = ("run", "data", "toy", "backbone", "classifier", "sem_seg", "seg")  # the flag sections it reads
 
 
 def poly_schedule(opt: torch.optim.Optimizer, max_step: int, every: int, min_lr: float

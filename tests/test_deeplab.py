@@ -17,10 +17,12 @@ from net.deeplab import (
     DeepLabV3Plus,
     ResNetTrunk,
     build_deeplab_v2,
+    deeplab_v2_from_resnet,
     deeplab_v2_param_groups,
     deeplab_v3plus_param_groups,
     load_imagenet_resnet101,
 )
+from net.resnet50 import ResNet50
 from net.seg_loss import balanced_ce, resize_labels, seg_loss, self_training_ce
 
 TOY_V2 = {"blocks": (1, 1, 1, 1), "width": 8}
@@ -136,6 +138,18 @@ def test_v2_from_torchvision_file(tmp_path):
     assert torch.allclose(ours, ref, atol=1e-5)
     with pytest.raises(UserError, match="resnet.pth"):
         build_deeplab_v2(5, tmp_path / "resnet.pth", blocks=(1, 1, 1, 1), width=8)
+
+
+def test_v2_from_the_toolkit_classifier_trunk():
+    """--seg_init cam: the classifier's ResNet trunk (torchvision layout, any width and depth) becomes the v2
+    backbone key by key; a trunk of another width is one UserError line naming its source."""
+    trunk = ResNet50(width=8, frozen_bn=False, blocks=(1, 1, 1, 1))
+    model = deeplab_v2_from_resnet(5, trunk.state_dict(), "res50_cam.pth", **TOY_V2, frozen_bn=True)
+    assert not model.stride_in_1x1
+    assert torch.equal(model.base.layer1.conv1.conv.weight, trunk.conv1.weight)
+    assert torch.equal(model.base.layer5.block1.increase.bn.running_mean, trunk.layer4[0].bn3.running_mean)
+    with pytest.raises(UserError, match="res50_cam.pth"):
+        deeplab_v2_from_resnet(5, trunk.state_dict(), "res50_cam.pth", blocks=(1, 1, 1, 1), width=16)
 
 
 def test_init_files_errors(tmp_path):

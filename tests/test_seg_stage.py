@@ -1,14 +1,21 @@
 """The segmentation stage's pieces and the comparison command's rules: the --seg switch and the recipe
-tables, the iteration sampler, the per-group poly schedule, the argument rules of --compare."""
+tables, the iteration sampler, the per-group poly schedule, the argument rules of --compare, the test-set
+PNGs in the VOC server layout."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import run_sample
 from misc.errors import UserError
-from misc.segmentation import poly_lr
+from misc.imutils import color_palette
+from misc.io import read_id_list, write_id_list
+from misc.segmentation import multiscale_probs, normalize_image, poly_lr
+from step import make_seg
 from step.common.compare import split_argv
+from step.common.seg import save_description, segmentation_network
 from step.train_seg import poly_schedule
 
 SEG = ("train_seg", "make_seg", "eval_seg")
@@ -37,8 +44,11 @@ def test_seg_recipes_resolve_in_order():
     drs = run_sample.parse_args(voc + ["--seg_recipe", "deeplab_v2_drs"])
     assert (drs.seg_self_training, drs.seg_scales, drs.seg_iters) == ("zero", (0.5, 0.75, 1.0, 1.25, 1.5), 10000)
     toy = run_sample.parse_args(["--seg_recipe", "deeplab_v3plus"])  # the toy shrinks, the recipe picks the network
-    assert (toy.seg_network, toy.seg_crop_size, toy.seg_width, toy.seg_train_list) == ("deeplab_v3plus", 128, 16,
-                                                                                       "train")
+    assert (toy.seg_network, toy.seg_init, toy.seg_width, toy.seg_train_list) == ("deeplab_v3plus", "cam", 32,
+                                                                                  "train")
+    # the toy starts from the classifier's trunk where the method trains one, else from scratch
+    assert (run_sample.parse_args(["--method", "toco"]).seg_init, run_sample.parse_args(["--method", "rib"]).seg_init) \
+        == (None, "cam")
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -71,3 +81,41 @@ def test_compare_argv_rules():
                          (["--compare", "irn", "--method", "rib"], "drop --method")):
         with pytest.raises(UserError, match=needle):
             split_argv(argv, methods)
+
+
+def test_test_set_pngs_are_palette_class_ids_in_the_server_layout(mini_voc, tmp_path):
+    """make_seg --seg_test_list writes results/VOC2012/Segmentation/comp6_test_cls/<id>.png: palette PNGs (the VOC
+    palette) whose pixel values are the class ids of the network's argmax, for the argmax and the CRF labels."""
+    ids = read_id_list(mini_voc / "ImageSets" / "Segmentation" / "val.txt")[:2]
+    write_id_list(tmp_path / "two.txt", ids)
+    work = tmp_path / "work"
+    argv = ["--voc12_root", str(mini_voc), "--work_dir", str(work), "--seg", "True", "--seg_width", "4",
+            "--seg_blocks", "1", "1", "1", "1", "--seg_msc_scales", "1.0", "--seg_frozen_bn", "False",
+            "--seg_eval_list", str(tmp_path / "two.txt"), "--seg_test_list", str(tmp_path / "two.txt"),
+            "--crf_num_workers", "1", "--num_workers", "0"]
+    args = run_sample.parse_args(argv)
+    torch.manual_seed(0)
+    model, desc = segmentation_network(args, 20)
+    with torch.no_grad():  # a classifier bias that makes two classes win somewhere: not all background
+        model.base.aspp.c0.bias[[3, 15]] = 0.05
+    (work / "sess").mkdir(parents=True)
+    torch.save(model.state_dict(), work / args.seg_weights_name)
+    save_description(work / args.seg_weights_name, desc)
+    make_seg.run(args)
+    for folder in ("seg", "seg_crf"):
+        server = work / f"{folder}_server" / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls"
+        assert sorted(p.stem for p in server.iterdir()) == sorted(ids)
+        for i in ids:
+            im = Image.open(server / f"{i}.png")
+            assert im.mode == "P"
+            assert np.array_equal(np.array(im.getpalette()[:21 * 3]).reshape(21, 3), color_palette()[:21])
+            assert np.array_equal(np.array(im), np.array(Image.open(work / folder / f"{i}.png")))
+    model.eval()
+    for i in ids:
+        raw = np.array(Image.open(mini_voc / "JPEGImages" / f"{i}.jpg").convert("RGB"))
+        with torch.no_grad():
+            probs = multiscale_probs(model, torch.from_numpy(normalize_image(raw, desc["style"]))[None], (1.0,), False)
+        ids_written = np.array(Image.open(work / "seg_server" / make_seg.SERVER_DIR / f"{i}.png"))
+        assert np.array_equal(ids_written, probs[0].argmax(0).numpy())
+    assert len(np.unique(ids_written)) > 1
+

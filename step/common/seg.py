@@ -14,12 +14,22 @@ from torch.utils.data import Dataset
 
 from misc import dist
 from misc.dataset_spec import DatasetSpec
+from misc.errors import UserError
 from misc.imutils import read_image
 from misc.io import save_json
 from misc.metrics import confusion_matrix, iou_from_confusion
 from misc.segmentation import multiscale_probs, normalize_image
-from net.deeplab import DeepLabV2, DeepLabV3Plus, build_deeplab_v2, load_checkpoint, load_imagenet_resnet101
+from net.deeplab import (
+    DeepLabV2,
+    DeepLabV3Plus,
+    build_deeplab_v2,
+    deeplab_v2_from_resnet,
+    load_checkpoint,
+    load_imagenet_resnet101,
+    load_resnet_trunk,
+)
 from step.common.data import out_path
+from step.common.models import trained_classifier
 from step.common.parallel import bucketed_loader, progress
 
 
@@ -32,19 +42,39 @@ def _kwargs(args: argparse.Namespace, network: str) -> dict:
                 low_channels=max(1, args.seg_head_channels * 48 // 256))
 
 
+def classifier_trunk(args: argparse.Namespace, num_classes: int) -> dict[str, torch.Tensor]:
+    """The ResNet trunk of the trained --cam_network classifier (--cam_weights_name) as a torchvision-layout
+    state_dict (the --seg_init cam initialisation: the toy's stand-in for ImageNet weights)."""
+    model = trained_classifier(args, num_classes)
+    if not isinstance(getattr(model, "resnet50", None), torch.nn.Module):
+        raise UserError(f"--seg_init cam: --cam_network {args.cam_network} has no ResNet trunk; pass an "
+                        "initialisation file or none")
+    return model.resnet50.state_dict()
+
+
 def segmentation_network(args: argparse.Namespace, num_classes: int) -> tuple[torch.nn.Module, dict]:
     """A fresh --seg_network for ``num_classes`` classes + background, initialised from --seg_init (v2: a
-    kazuto1011-layout or torchvision ResNet-101 file; v3+: torchvision's resnet101; none: random), on the CPU.
+    kazuto1011-layout or torchvision ResNet-101 file; v3+: torchvision's resnet101; either: ``cam``, the trained
+    classifier's ResNet trunk, of the same width and depth; none: random), on the CPU.
     Returns (model, description {'network', 'style', 'stride_in_1x1'}: what make_seg needs to rebuild it and
     feed it; style as ``misc.segmentation.normalize_image``)."""
     n = num_classes + 1
     kw = _kwargs(args, args.seg_network)
+    init = None if args.seg_init in (None, "none") else args.seg_init
+    if init == "cam":
+        trunk, source = classifier_trunk(args, num_classes), out_path(args, args.cam_weights_name)
+        if args.seg_network == "deeplab_v2":
+            model = deeplab_v2_from_resnet(n, trunk, source, **kw)
+        else:
+            model = DeepLabV3Plus(n, **kw)
+            load_resnet_trunk(model, trunk, source)
+        return model, {"network": args.seg_network, "style": "torchvision", "stride_in_1x1": False}
     if args.seg_network == "deeplab_v2":
-        model, style = build_deeplab_v2(n, args.seg_init, **kw)
+        model, style = build_deeplab_v2(n, init, **kw)
         return model, {"network": "deeplab_v2", "style": style, "stride_in_1x1": model.stride_in_1x1}
     model = DeepLabV3Plus(n, **kw)
-    if args.seg_init is not None:
-        load_imagenet_resnet101(model, args.seg_init)
+    if init is not None:
+        load_imagenet_resnet101(model, init)
     return model, {"network": "deeplab_v3plus", "style": "torchvision", "stride_in_1x1": False}
 
 

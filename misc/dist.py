@@ -101,6 +101,13 @@ def destroy() -> None:
         td.destroy_process_group()
 
 
+def reseed_globals(seed: int, n_iter: int) -> None:
+    """Seed torch's global generators (dropout, drop path draw from them) for one training iteration on this
+    rank from (seed, iteration, rank), so that a run resumed after an interruption draws what the straight run
+    drew (the resume state does not hold the generators' states)."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, n_iter, rank(), 1]).generate_state(1)[0]))
+
+
 def iteration_generator(seed: int, n_iter: int) -> torch.Generator:
     """A CPU generator for one training iteration's random choices on this rank, seeded by (seed, iteration,
     rank), so a resumed run draws the same."""

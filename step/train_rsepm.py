@@ -9,7 +9,8 @@ released key layout. Per iteration: Lcls on the GAP logits, Lrec (CAM against th
 (decoder against the certainty-filtered Mrs); after --rsepm_epm_start epochs also EdgePredictMix's Lseg^mix
 and Lrec^mix on the mixed batch. --rsepm_epochs epochs of --train_list at the total batch --rsepm_batch_size
 (rank-invariant order, ``step.common.parallel.train_loader``), poly schedule per iteration; an interrupted run
-resumes after its last finished epoch; the class choice of the mix is seeded by (--seed, iteration, rank).
+resumes after its last finished epoch; the class choice of the mix and torch's global generators (dropout) are
+seeded by (--seed, iteration, rank) every iteration, so a resumed run repeats them.
 """
 from __future__ import annotations
 
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> None:
 
     def loss(forward, b: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         n_iter = sched.last_epoch  # iterations done: the scheduler's count survives a resume
+        dist.reseed_globals(args.seed, n_iter)  # the decoder's dropout repeats after a resume
         x, y = b["img"].to(device, non_blocking=True), b["label"].to(device, non_blocking=True)
         out = rsepm_losses(forward, x, y, cfg, args.rsepm_mix and n_iter >= mix_from,
                            dist.iteration_generator(args.seed, n_iter))

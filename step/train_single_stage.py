@@ -63,7 +63,7 @@ def _seed_iteration(seed: int, n_iter: int, share: int) -> list[torch.Generator]
     iteration, rank), so that a resumed run repeats them. Returns the CPU generators of the iteration's explicit
     random choices (crop positions, mask noise) of this rank's ``share`` images, each seeded by (seed,
     iteration, the image's place in the total batch): the same choices whatever the number of processes."""
-    torch.manual_seed(int(np.random.SeedSequence([seed, n_iter, dist.rank(), 1]).generate_state(1)[0]))
+    dist.reseed_globals(seed, n_iter)
     first = dist.rank() * share
     return [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, n_iter, first + n]).generate_state(1)[0]))
             for n in range(share)]

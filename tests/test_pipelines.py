@@ -41,7 +41,8 @@ _RUNS: dict[tuple[Path, str], list[str]] = {}  # (toy run, method) -> flags of i
 # Measured with the toy recipe (docs/methods/toco_pufs.md): ToCo 0.153, PUFS 0.171 against 0.040 and 0.122
 # (0.162 and 0.200 with the per-image crop / mask generators of the torchrun-parity change).
 BEATS = {"toco": (0.08, 0.01), "pufs": (0.08, 0.01)}
-# RS+EPM (docs/methods/rsepm.md): seeds 0.404 against 0.040 and 0.120; rsepm_irn writes the same seeds
+# RS+EPM (docs/methods/rsepm.md): seeds 0.338 (seed 0; 0.285-0.392 over seeds 0-2) against 0.040 and 0.120;
+# rsepm_irn writes the same seeds
 BEATS["rsepm"] = BEATS["rsepm_irn"] = (0.25, 0.15)
 # the toy ViT's small tensors: one intra-op thread is faster on 2 shared cores (RS+EPM: its measured numbers)
 SINGLE_THREAD = {"toco", "pufs", "rsepm", "rsepm_irn"}

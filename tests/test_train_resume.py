@@ -45,18 +45,11 @@ def _assert_same(a: dict, b: dict) -> None:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
 
 
-@pytest.mark.parametrize("step,flags,weights_flag", [
-    (train_cam, ["--cam_num_epoches", "2", "--cam_batch_size", "8", "--cam_crop_size", "64",
-                 "--cam_resize_long", "56", "80"], "--cam_weights_name"),
-    (train_irn, ["--irn_num_epoches", "2", "--irn_batch_size", "8", "--irn_crop_size", "64"], "--irn_weights_name"),
-])
-def test_interrupted_training_resumes_to_the_same_weights(toy_run, tmp_path, monkeypatch, capsys, step, flags,
-                                                          weights_flag):
-    base = _argv(toy_run, tmp_path) + flags
+def _straight_then_resumed(step, base: list[str], weights_flag: str, tmp_path, monkeypatch, capsys
+                           ) -> tuple[dict, dict, dict]:
+    """Train ``step`` straight, then again stopped after epoch 1 and restarted (which must say it resumes).
+    Returns the state_dicts (straight, resumed, after epoch 1)."""
     step.run(run_sample.parse_args(base + [weights_flag, str(tmp_path / "straight.pth")]))
-    straight = _load(tmp_path / "straight.pth")
-    assert not (tmp_path / "straight.pth.resume").exists()
-
     resumed = tmp_path / "resumed.pth"
     args = run_sample.parse_args(base + [weights_flag, str(resumed)])
     with monkeypatch.context() as m:
@@ -68,11 +61,27 @@ def test_interrupted_training_resumes_to_the_same_weights(toy_run, tmp_path, mon
     capsys.readouterr()
     step.run(args)
     assert "resuming after epoch 1" in capsys.readouterr().out
-    _assert_same(_load(resumed), straight)
     assert not (tmp_path / "resumed.pth.resume").exists()
-    moved = max((straight[k].float() - after_one[k].float()).abs().max().item() for k in straight
-                if straight[k].is_floating_point())
-    assert moved > 1e-4  # the second epoch changed the weights: the equality above is not vacuous
+    return _load(tmp_path / "straight.pth"), _load(resumed), after_one
+
+
+def _moved(a: dict, b: dict) -> dict[str, float]:
+    """Max |a - b| of every floating-point entry."""
+    return {k: (a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].is_floating_point()}
+
+
+@pytest.mark.parametrize("step,flags,weights_flag", [
+    (train_cam, ["--cam_num_epoches", "2", "--cam_batch_size", "8", "--cam_crop_size", "64",
+                 "--cam_resize_long", "56", "80"], "--cam_weights_name"),
+    (train_irn, ["--irn_num_epoches", "2", "--irn_batch_size", "8", "--irn_crop_size", "64"], "--irn_weights_name"),
+])
+def test_interrupted_training_resumes_to_the_same_weights(toy_run, tmp_path, monkeypatch, capsys, step, flags,
+                                                          weights_flag):
+    straight, resumed, after_one = _straight_then_resumed(step, _argv(toy_run, tmp_path) + flags, weights_flag,
+                                                          tmp_path, monkeypatch, capsys)
+    assert not (tmp_path / "straight.pth.resume").exists()
+    _assert_same(resumed, straight)
+    assert max(_moved(straight, after_one).values()) > 1e-4  # the second epoch trained: the equality is not vacuous
 
 
 @pytest.mark.parametrize("method", ["toco", "pufs"])
@@ -81,22 +90,10 @@ def test_single_stage_training_resumes_to_the_same_weights(single_stage_tiny, tm
     """train_single_stage (a tiny ViT, 2 epochs of 2 iterations, the seg and CRF losses on in the second): the
     resume state holds the optimiser, the schedule, ToCo's EMA projection head and PUFS's teacher and FSR
     centres, and the crop positions / mask noise repeat, so the restarted run ends where the straight one does."""
-    base = single_stage_tiny + ["--method", method]
-    train_single_stage.run(run_sample.parse_args(base + ["--ss_weights_name", str(tmp_path / "straight.pth")]))
-    straight = _load(tmp_path / "straight.pth")
-    resumed = tmp_path / "resumed.pth"
-    args = run_sample.parse_args(base + ["--ss_weights_name", str(resumed)])
-    with monkeypatch.context() as m:
-        _interrupt_after_first_epoch(m)
-        with pytest.raises(_Stop):
-            train_single_stage.run(args)
-    after_one = _load(tmp_path / "resumed.pth.resume")["model"]
-    capsys.readouterr()
-    train_single_stage.run(args)
-    assert "resuming after epoch 1" in capsys.readouterr().out
-    _assert_same(_load(resumed), straight)
-    moved = {k: (straight[k].float() - after_one[k].float()).abs().max().item() for k in straight
-             if straight[k].is_floating_point()}
+    straight, resumed, after_one = _straight_then_resumed(train_single_stage, single_stage_tiny + ["--method", method],
+                                                          "--ss_weights_name", tmp_path, monkeypatch, capsys)
+    _assert_same(resumed, straight)
+    moved = _moved(straight, after_one)
     assert max(v for k, v in moved.items() if "decoder" in k or "seg" in k) > 1e-4  # the seg losses trained
     if method == "pufs":
         assert moved["fsr.class_center"] > 0 and max(v for k, v in moved.items() if k.startswith("teacher.")) > 0
@@ -142,19 +139,7 @@ def test_rsepm_training_resumes_to_the_same_weights(mini_voc, tmp_path, monkeypa
             "--rsepm_feature_size", "16", "--rsepm_crop_size", "48", "--rsepm_resize_long", "48", "64",
             "--rsepm_batch_size", "4", "--rsepm_epochs", "2", "--rsepm_epm_start", "1", "--rsepm_optimizer", "adam",
             "--rsepm_lr", "1e-3", "--num_workers", "0"]
-    train_rsepm.run(run_sample.parse_args(base + ["--rsepm_weights_name", str(tmp_path / "straight.pth")]))
-    straight = _load(tmp_path / "straight.pth")
-    resumed = tmp_path / "resumed.pth"
-    args = run_sample.parse_args(base + ["--rsepm_weights_name", str(resumed)])
-    with monkeypatch.context() as m:
-        _interrupt_after_first_epoch(m)
-        with pytest.raises(_Stop):
-            train_rsepm.run(args)
-    after_one = _load(tmp_path / "resumed.pth.resume")["model"]
-    capsys.readouterr()
-    train_rsepm.run(args)
-    assert "resuming after epoch 1" in capsys.readouterr().out
-    _assert_same(_load(resumed), straight)
-    moved = max((straight[k].float() - after_one[k].float()).abs().max().item() for k in straight
-                if straight[k].is_floating_point())
-    assert moved > 1e-4  # the second epoch changed the weights: the equality above is not vacuous
+    straight, resumed, after_one = _straight_then_resumed(train_rsepm, base, "--rsepm_weights_name", tmp_path,
+                                                          monkeypatch, capsys)
+    _assert_same(resumed, straight)
+    assert max(_moved(straight, after_one).values()) > 1e-4  # the second epoch trained: the equality is not vacuous
